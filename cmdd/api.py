@@ -1,0 +1,337 @@
+"""The HTTP API: Klein routes, the JSON error model, representations.
+
+Routes translate HTTP to manager calls and jobs to JSON; they hold no policy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from cmdd import __version__
+from cmdd.errors import ClientError, SpecError, not_found
+from cmdd.jobs import LEGACY_NAMES, Job, State, outcome_to_json
+from cmdd.manager import JobManager
+from cmdd.spec import parse_spec
+from cmdd.spool import STREAMS, output_path, read_output
+from cmdd.store import page
+from cmdd.web import read_json, respond_json
+
+log = Logger()
+
+T = TypeVar("T")
+#: Runs a blocking function on a worker thread (C{deferToThread} in the daemon).
+BlockingRunner = Callable[..., Deferred[Any]]
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+_JOB_ID = re.compile(r"[1-9][0-9]{0,17}\Z")
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """UTC timestamp with milliseconds, e.g. C{2026-11-22T11:01:24.123Z}."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def links(job_id: int) -> dict[str, str]:
+    """Where a job's representations live."""
+    return {
+        "self": f"/api/jobs/{job_id}",
+        "status": f"/api/statuses/{job_id}",
+        "result": f"/api/results/{job_id}",
+        "stdout": f"/api/jobs/{job_id}/output/stdout",
+        "stderr": f"/api/jobs/{job_id}/output/stderr",
+    }
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job: spec, state, timestamps, links."""
+    out: dict[str, Any] = {"id": job.id, "state": job.state.value}
+    out.update(job.spec.to_json())
+    out["created"] = rfc3339(job.created)
+    out["started"] = rfc3339(job.started)
+    out["completed"] = rfc3339(job.completed)
+    if job.outcome is not None:
+        out["exit_code"] = job.outcome.exit_code
+        out["reason"] = job.outcome.reason
+    out["links"] = links(job.id)
+    return out
+
+
+def status_json(job: Job) -> dict[str, Any]:
+    """A job's status: small, for polling."""
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "legacy_state": LEGACY_NAMES[job.state],
+        "done": job.state.final,
+        "links": links(job.id),
+    }
+
+
+def result_json(job: Job, stdout: str | None = None, stderr: str | None = None) -> dict[str, Any]:
+    """A finished job's result; the output texts only when given."""
+    assert job.outcome is not None
+    out: dict[str, Any] = {"id": job.id, "state": job.state.value}
+    out.update(outcome_to_json(job.outcome))
+    if stdout is not None:
+        out["stdout"] = stdout
+    if stderr is not None:
+        out["stderr"] = stderr
+    out["started"] = rfc3339(job.started)
+    out["completed"] = rfc3339(job.completed)
+    out["duration"] = job.duration
+    out["links"] = links(job.id)
+    return out
+
+
+def parse_job_id(text: str) -> int:
+    """A job id from a URL segment; anything else is an unknown job."""
+    if not _JOB_ID.match(text):
+        raise not_found("job", repr(text))
+    return int(text)
+
+
+def _query(request: IRequest, allowed: frozenset[str]) -> dict[str, str]:
+    args: dict[bytes, list[bytes]] = request.args or {}
+    out: dict[str, str] = {}
+    for raw_name, values in args.items():
+        name = raw_name.decode("utf-8", "replace")
+        if name not in allowed:
+            raise ClientError(
+                "UNKNOWN_PARAMETER", f"unknown query parameter {name!r}", field=name
+            )
+        if len(values) != 1:
+            raise ClientError(
+                "INVALID_PARAMETER", f"{name} may be given once", field=name
+            )
+        out[name] = values[0].decode("utf-8", "replace")
+    return out
+
+
+def _positive_int(params: dict[str, str], name: str, default: int | None, maximum: int) -> int | None:
+    if name not in params:
+        return default
+    text = params[name]
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise ClientError(
+            "INVALID_PARAMETER",
+            f"{name} must be a whole number from 1 to {maximum}",
+            field=name,
+        )
+    return int(text)
+
+
+class CmddAPI:
+    """The routes of the cmdd HTTP API."""
+
+    app = Klein()
+
+    def __init__(self, manager: JobManager, run_blocking: BlockingRunner) -> None:
+        self._manager = manager
+        self._run_blocking = run_blocking
+
+    # --- errors ----------------------------------------------------------
+
+    @app.handle_errors(ClientError)
+    def client_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, ClientError)
+        return respond_json(request, error.to_json(), error.status, error.headers)
+
+    @app.handle_errors(NotFound)
+    def no_route(self, request: IRequest, failure: Failure) -> bytes:
+        error = ClientError("ROUTE_NOT_FOUND", "no such resource", status=404)
+        return respond_json(request, error.to_json(), 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        allowed = sorted(failure.value.valid_methods or [])
+        method = request.method.decode("ascii", "replace")
+        error = ClientError(
+            "METHOD_NOT_ALLOWED",
+            f"{method} is not allowed here; use {', '.join(allowed)}",
+            status=405,
+        )
+        return respond_json(request, error.to_json(), 405, {"Allow": ", ".join(allowed)})
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(HTTPException):
+            # Routing answers such as a redirect to the canonical URL.
+            http_error = failure.value
+            code = http_error.code or 500
+            headers = {
+                name: value
+                for name, value in http_error.get_headers()
+                if name.lower() != "content-type"
+            }
+            error = ClientError(
+                "HTTP_" + str(code), http_error.description or "", status=code
+            )
+            return respond_json(request, error.to_json(), code, headers)
+        log.failure("unexpected error in {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        error = ClientError("INTERNAL_ERROR", "the server failed; see its log", status=500)
+        return respond_json(request, error.to_json(), 500)
+
+    # --- jobs ------------------------------------------------------------
+
+    @app.route("/api/jobs", methods=["POST"])
+    async def submit(self, request: IRequest) -> bytes:
+        spec = parse_spec(read_json(request))
+        job = await self._manager.submit(spec)
+        status_url = f"/api/statuses/{job.id}"
+        return respond_json(
+            request,
+            job_json(job),
+            202,
+            {"Location": status_url, "Retry-After": "1"},
+        )
+
+    @app.route("/api/jobs", methods=["GET"])
+    def list_jobs(self, request: IRequest) -> bytes:
+        return self._list(request, "jobs", job_json, None)
+
+    @app.route("/api/jobs/<job_id>", methods=["GET"])
+    def get_job(self, request: IRequest, job_id: str) -> bytes:
+        return respond_json(request, job_json(self._manager.get(parse_job_id(job_id))))
+
+    @app.route("/api/jobs/<job_id>", methods=["PATCH"])
+    async def patch_job(self, request: IRequest, job_id: str) -> bytes:
+        ident = parse_job_id(job_id)
+        self._manager.get(ident)
+        body = read_json(request)
+        if not isinstance(body, dict) or body.get("status") != "cancelled" or len(body) != 1:
+            raise SpecError(
+                "INVALID_PATCH",
+                'the only change a job accepts is {"status": "cancelled"}',
+            )
+        job = await self._manager.cancel(ident)
+        return respond_json(request, job_json(job))
+
+    @app.route("/api/jobs/<job_id>", methods=["DELETE"])
+    @app.route("/api/results/<job_id>", methods=["DELETE"])
+    async def delete_job(self, request: IRequest, job_id: str) -> bytes:
+        await self._manager.delete(parse_job_id(job_id))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
+    async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:
+        job = self._manager.get(parse_job_id(job_id))
+        if stream not in STREAMS:
+            raise ClientError(
+                "STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404
+            )
+        data: bytes = await self._run_blocking(
+            read_output, output_path(self._manager.output_dir, job.id, stream)
+        )
+        request.setHeader(b"content-type", b"application/octet-stream")
+        return data
+
+    # --- statuses --------------------------------------------------------
+
+    @app.route("/api/statuses", methods=["GET"])
+    def list_statuses(self, request: IRequest) -> bytes:
+        return self._list(request, "statuses", status_json, None)
+
+    @app.route("/api/statuses/<job_id>", methods=["GET"])
+    def get_status(self, request: IRequest, job_id: str) -> bytes:
+        job = self._manager.get(parse_job_id(job_id))
+        if job.state.final:
+            return respond_json(
+                request, status_json(job), 303, {"Location": f"/api/results/{job.id}"}
+            )
+        return respond_json(request, status_json(job))
+
+    # --- results ---------------------------------------------------------
+
+    @app.route("/api/results", methods=["GET"])
+    def list_results(self, request: IRequest) -> bytes:
+        return self._list(request, "results", result_json, lambda job: job.state.final)
+
+    @app.route("/api/results/<job_id>", methods=["GET"])
+    async def get_result(self, request: IRequest, job_id: str) -> bytes:
+        job = self._manager.get(parse_job_id(job_id))
+        if not job.state.final or job.outcome is None:
+            raise ClientError(
+                "RESULT_NOT_READY",
+                f"job {job.id} is {job.state.value}; its result is not ready",
+                status=404,
+                headers={"Retry-After": "1"},
+            )
+        texts = []
+        for stream, size in (
+            ("stdout", job.outcome.stdout_bytes),
+            ("stderr", job.outcome.stderr_bytes),
+        ):
+            data = b""
+            if size:
+                path = output_path(self._manager.output_dir, job.id, stream)
+                data = await self._run_blocking(read_output, path)
+            texts.append(data.decode("utf-8", "replace"))
+        return respond_json(request, result_json(job, texts[0], texts[1]))
+
+    # --- operations ------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        return respond_json(
+            request,
+            {
+                "status": "ok",
+                "version": __version__,
+                "running": self._manager.running_count,
+                "queued": self._manager.queued_count,
+            },
+        )
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        manager = self._manager
+        lines = [
+            "# HELP cmdd_jobs_submitted_total Jobs accepted since start.",
+            "# TYPE cmdd_jobs_submitted_total counter",
+            f"cmdd_jobs_submitted_total {manager.submitted_total}",
+            "# HELP cmdd_jobs Jobs in history by state.",
+            "# TYPE cmdd_jobs gauge",
+        ]
+        for state in State:
+            lines.append(f'cmdd_jobs{{state="{state.value}"}} {manager.store.counts[state]}')
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    # --- shared ----------------------------------------------------------
+
+    def _list(
+        self,
+        request: IRequest,
+        key: str,
+        represent: Callable[[Job], dict[str, Any]],
+        keep: Callable[[Job], bool] | None,
+    ) -> bytes:
+        params = _query(request, frozenset({"limit", "cursor"}))
+        limit = _positive_int(params, "limit", DEFAULT_PAGE, MAX_PAGE)
+        cursor = _positive_int(params, "cursor", None, 2**63)
+        assert limit is not None
+        jobs, next_cursor = page(self._manager.store.newest_first(cursor), limit, keep)
+        body: dict[str, Any] = {key: [represent(job) for job in jobs], "next": None}
+        headers = {}
+        if next_cursor is not None:
+            next_url = f"/api/{key}?limit={limit}&cursor={next_cursor}"
+            body["next"] = next_url
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return respond_json(request, body, 200, headers)

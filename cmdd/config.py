@@ -1,0 +1,190 @@
+"""Settings: defaults, the TOML config file, command-line overrides.
+
+Pure (except reading the config file): validated once here, trusted after.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.endpoints import quoteStringArgument
+
+DEFAULT_LISTEN = "ssl:8443:interface=127.0.0.1"
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting has a value the daemon cannot use; the message says which."""
+
+
+@attrs.frozen
+class Settings:
+    """Everything the daemon is configured with."""
+
+    data_dir: str
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    allow_plaintext: bool = False
+    max_running: int = 4 * (os.cpu_count() or 1)
+    max_queued: int = 10_000
+    max_output_bytes: int = 16 * MIB
+    max_body_bytes: int = MIB
+    default_timeout: float | None = None
+    kill_grace: float = 5.0
+    idle_timeout: float = 60.0
+
+    @property
+    def tls_dir(self) -> str:
+        """Where the generated certificate lives."""
+        return os.path.join(self.data_dir, "tls")
+
+    @property
+    def output_dir(self) -> str:
+        """Where job output files live."""
+        return os.path.join(self.data_dir, "output")
+
+
+_INTS = ("max_running", "max_queued", "max_output_bytes", "max_body_bytes")
+_FLOATS = ("default_timeout", "kill_grace", "idle_timeout")
+KEYS = frozenset({"data_dir", "listen", "allow_plaintext", *_INTS, *_FLOATS})
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """The settings in a TOML file (top-level keys, or a [cmdd] table)."""
+    try:
+        with open(path, "rb") as config_file:
+            data = tomllib.load(config_file)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    table = data.get("cmdd", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [cmdd] must be a table")
+    unknown = sorted(set(table) - KEYS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return table
+
+
+def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+    """Defaults, then the config file, then command-line values (not C{None})."""
+    merged: dict[str, Any] = dict(file_values)
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+    values: dict[str, Any] = {"data_dir": os.path.abspath(str(merged.get("data_dir", "cmdd-data")))}
+    if "listen" in merged:
+        listen = merged["listen"]
+        if isinstance(listen, str):
+            listen = [listen]
+        if not isinstance(listen, list | tuple) or not listen or not all(
+            isinstance(item, str) and item for item in listen
+        ):
+            raise ConfigError("listen must be one or more endpoint strings")
+        values["listen"] = tuple(listen)
+    if "allow_plaintext" in merged:
+        if not isinstance(merged["allow_plaintext"], bool):
+            raise ConfigError("allow_plaintext must be true or false")
+        values["allow_plaintext"] = merged["allow_plaintext"]
+    for key in _INTS:
+        if key in merged:
+            values[key] = _number(key, merged[key], int)
+    for key in _FLOATS:
+        if key in merged:
+            values[key] = _number(key, merged[key], float)
+    settings = Settings(**values)
+    for description in settings.listen:
+        check_endpoint(description, settings.allow_plaintext)
+    return settings
+
+
+def _number(key: str, value: object, kind: type[int] | type[float]) -> int | float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)  # type: ignore[arg-type]  # str or number; ValueError below
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, not {value!r}") from None
+    if kind is int and isinstance(value, float) and value != int(value):
+        raise ConfigError(f"{key} must be a whole number, not {value!r}")
+    if not number > 0 or number != number or number == float("inf"):
+        raise ConfigError(f"{key} must be more than 0, not {value!r}")
+    return number
+
+
+def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """Split a Twisted endpoint string into kind, positional and keyword args.
+
+    Follows Twisted's syntax: C{:} separates, C{\\} escapes the next character.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    kind, args, kwargs = parts[0].lower(), [], {}
+    for part in parts[1:]:
+        name, sep, value = part.partition("=")
+        if sep:
+            kwargs[name] = value
+        else:
+            args.append(part)
+    return kind, args, kwargs
+
+
+def _is_loopback(interface: str) -> bool:
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(description: str, allow_plaintext: bool) -> None:
+    """Refuse plaintext endpoints that other hosts could reach.
+
+    TLS (C{ssl:}) and Unix sockets are always fine; plain TCP only on a
+    loopback interface, unless the operator said C{--allow-plaintext}.
+    """
+    kind, args, kwargs = split_endpoint(description)
+    if kind in ("ssl", "unix") or allow_plaintext:
+        return
+    if kind in ("tcp", "tcp6"):
+        interface = kwargs.get("interface", args[1] if len(args) > 1 else "")
+        if _is_loopback(interface):
+            return
+    raise ConfigError(
+        f"{description!r} would serve plaintext HTTP beyond this host; "
+        "use an ssl: endpoint, or pass --allow-plaintext if you mean it"
+    )
+
+
+def with_certificate(description: str, cert_path: str, key_path: str) -> str:
+    """Point an C{ssl:} endpoint without its own key at the generated one."""
+    kind, _, kwargs = split_endpoint(description)
+    if kind != "ssl" or "privateKey" in kwargs:
+        return description
+    return (
+        f"{description}:privateKey={quoteStringArgument(key_path)}"
+        f":certKey={quoteStringArgument(cert_path)}"
+    )
+
+
+def needs_generated_certificate(descriptions: tuple[str, ...]) -> bool:
+    """Whether any C{ssl:} endpoint lacks a configured key."""
+    for description in descriptions:
+        kind, _, kwargs = split_endpoint(description)
+        if kind == "ssl" and "privateKey" not in kwargs:
+            return True
+    return False

@@ -1,0 +1,200 @@
+"""The job domain: states, the job value, events and how events change jobs.
+
+Pure: no I/O, no reactor. Every state change in the daemon is one of the
+events below, applied by L{apply_event}; the journal (durable history) stores
+exactly these events, so replaying them rebuilds every job.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+from cmdd.spec import JobSpec
+
+
+class State(enum.Enum):
+    """Where a job is in its life. The last five are final."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_EXECUTED = "not_executed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def final(self) -> bool:
+        """Whether nothing more will happen to a job in this state."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {State.SUCCEEDED, State.FAILED, State.NOT_EXECUTED, State.CANCELLED, State.LOST}
+)
+
+#: The vocabulary of older command services (see README, "States").
+LEGACY_NAMES = {
+    State.SCHEDULED: "NOT_STARTED",
+    State.QUEUED: "NOT_STARTED",
+    State.RUNNING: "STARTED",
+    State.NOT_EXECUTED: "NOT_EXECUTED",
+    State.SUCCEEDED: "FINISHED_OK",
+    State.FAILED: "FINISHED_ERROR",
+    State.CANCELLED: "FINISHED_ERROR",
+    State.LOST: "FINISHED_ERROR",
+}
+
+
+@frozen
+class Outcome:
+    """How a job that reached a final state ended."""
+
+    state: State
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+@frozen
+class Job:
+    """One job: its spec and everything that happened to it so far."""
+
+    id: int
+    spec: JobSpec
+    state: State
+    created: float
+    started: float | None = None
+    completed: float | None = None
+    pid: int | None = None
+    outcome: Outcome | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to completion, when both are known."""
+        if self.started is None or self.completed is None:
+            return None
+        return max(0.0, self.completed - self.started)
+
+
+# --- events ---------------------------------------------------------------
+
+
+@frozen
+class Created:
+    """A client's job was accepted; it waits for a free slot."""
+
+    job_id: int
+    at: float
+    spec: JobSpec
+
+
+@frozen
+class Started:
+    """The job's process was spawned."""
+
+    job_id: int
+    at: float
+    pid: int
+
+
+@frozen
+class Ended:
+    """The job reached a final state (from queued or running)."""
+
+    job_id: int
+    at: float
+    outcome: Outcome
+
+
+@frozen
+class Deleted:
+    """A finished job and its output were removed from history."""
+
+    job_id: int
+    at: float
+
+
+Event = Created | Started | Ended | Deleted
+
+
+class InvalidTransition(Exception):
+    """An event that cannot happen to the job in its current state."""
+
+
+_ENDABLE = frozenset({State.SCHEDULED, State.QUEUED, State.RUNNING})
+
+
+def apply_event(job: Job | None, event: Event) -> Job | None:
+    """Return the job as it is after C{event}; C{None} once it is deleted.
+
+    @param job: the job before the event, C{None} if it does not exist yet.
+    @raise InvalidTransition: if the event cannot happen in the job's state.
+    """
+    if isinstance(event, Created):
+        if job is not None:
+            raise InvalidTransition(f"job {event.job_id} already exists")
+        return Job(id=event.job_id, spec=event.spec, state=State.QUEUED, created=event.at)
+    if job is None:
+        raise InvalidTransition(f"job {event.job_id} does not exist")
+    if isinstance(event, Started):
+        if job.state is not State.QUEUED:
+            raise InvalidTransition(f"job {job.id} cannot start from {job.state.value}")
+        return attrs.evolve(job, state=State.RUNNING, started=event.at, pid=event.pid)
+    if isinstance(event, Ended):
+        if job.state not in _ENDABLE or not event.outcome.state.final:
+            raise InvalidTransition(
+                f"job {job.id} cannot go from {job.state.value} "
+                f"to {event.outcome.state.value}"
+            )
+        return attrs.evolve(
+            job, state=event.outcome.state, completed=event.at, outcome=event.outcome
+        )
+    if not job.state.final:
+        raise InvalidTransition(f"job {job.id} is {job.state.value}, not finished")
+    return None
+
+
+def final_state(
+    *,
+    exit_code: int | None,
+    signal: int | None,
+    cancelled: bool,
+    timed_out: bool,
+) -> State:
+    """The state a process's end puts its job in.
+
+    Flags come first: a job killed by cancel or timeout may still exit 0
+    (it may trap SIGTERM), and must not be reported as a success.
+    """
+    if cancelled:
+        return State.CANCELLED
+    if timed_out:
+        return State.FAILED
+    if signal is None and exit_code == 0:
+        return State.SUCCEEDED
+    return State.FAILED
+
+
+def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
+    """The outcome's fields as plain JSON values."""
+    return {
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "reason": outcome.reason,
+        "stdout_bytes": outcome.stdout_bytes,
+        "stderr_bytes": outcome.stderr_bytes,
+        "truncated": {
+            "stdout": outcome.stdout_truncated,
+            "stderr": outcome.stderr_truncated,
+        },
+    }

@@ -1,0 +1,194 @@
+"""C{twistd cmdd}: command-line options and the service tree.
+
+The one composition root: only this module touches the global reactor.
+C{makeService} only builds objects; directories, the certificate and the
+listening sockets are made in C{startService} (after twistd daemonizes).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.procutils import which
+
+from cmdd import __version__
+from cmdd.api import CmddAPI
+from cmdd.config import (
+    ConfigError,
+    Settings,
+    build_settings,
+    load_toml,
+    needs_generated_certificate,
+    with_certificate,
+)
+from cmdd.manager import JobManager, Limits
+from cmdd.runner import LocalExecutor
+from cmdd.spool import IOWorker
+from cmdd.store import JobStore
+from cmdd.tls import ensure_self_signed, fingerprint
+from cmdd.web import make_site
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Options of C{twistd cmdd}; each can also be set in the config file."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run commands for HTTPS REST clients. Settings come from defaults, "
+        "then --config FILE (TOML), then these options."
+    )
+    optFlags = [
+        ["allow-plaintext", None, "Allow plain TCP endpoints on non-loopback interfaces."],
+    ]
+    optParameters = [
+        ["config", "c", None, "TOML config file."],
+        ["data-dir", "d", None, "Data directory [default: ./cmdd-data]."],
+        ["max-running", None, None, "Jobs running at once [default: 4 x CPUs]."],
+        ["max-queued", None, None, "Jobs waiting before POST answers 503 [default: 10000]."],
+        ["max-output-bytes", None, None, "Bytes kept per job and stream [default: 16 MiB]."],
+        ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
+        ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
+        ["kill-grace", None, None, "Seconds between SIGTERM and SIGKILL [default: 5]."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to serve on, repeatable [default: ssl:8443:interface=127.0.0.1]."""
+        self["listen"].append(description)
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"cmdd {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        file_values: dict[str, Any] = {}
+        try:
+            if self["config"]:
+                file_values = load_toml(self["config"])
+            overrides = {
+                key.replace("-", "_"): self[key]
+                for key, _, _, _ in self.optParameters
+                if key != "config"
+            }
+            overrides["listen"] = self["listen"] or None
+            overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
+            self["settings"] = build_settings(file_values, overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if not which("setsid"):
+            raise usage.UsageError("setsid (from util-linux) is required on PATH")
+
+
+class CmddService(MultiService):
+    """The daemon: prepares the data directory, runs jobs, serves HTTP.
+
+    Stops in order: listeners first (no new jobs), then running jobs
+    (TERM, grace, KILL), then the I/O thread.
+    """
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self._reactor = reactor
+        self.io = IOWorker(reactor)
+        self.store = JobStore()
+        home = _home_directory()
+        self.executor = LocalExecutor(
+            reactor,
+            which("setsid")[0] if which("setsid") else "/usr/bin/setsid",
+            base_environment={"HOME": home},
+            default_directory=home,
+        )
+        self.manager = JobManager(
+            self.store,
+            self.executor,
+            self.io,
+            reactor,
+            settings.output_dir,
+            Limits(
+                max_running=settings.max_running,
+                max_queued=settings.max_queued,
+                max_output_bytes=settings.max_output_bytes,
+                default_timeout=settings.default_timeout,
+                kill_grace=settings.kill_grace,
+            ),
+        )
+        self.api = CmddAPI(self.manager, deferToThread)
+        self.site = make_site(
+            self.api.app.resource(), settings.max_body_bytes, settings.idle_timeout
+        )
+        self._listeners: list[StreamServerEndpointService] = []
+
+    def startService(self) -> None:
+        settings = self.settings
+        os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
+        os.makedirs(settings.output_dir, mode=0o700, exist_ok=True)
+        descriptions = settings.listen
+        if needs_generated_certificate(descriptions):
+            cert, key, created = ensure_self_signed(settings.tls_dir)
+            with open(cert, "rb") as cert_file:
+                print_ = fingerprint(cert_file.read())
+            log.info(
+                "{what} TLS certificate {cert} (SHA-256 fingerprint {fingerprint})",
+                what="generated self-signed" if created else "using self-signed",
+                cert=cert,
+                fingerprint=print_,
+            )
+            descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
+        self.io.start()
+        super().startService()
+        self.manager.startService()
+        for description in descriptions:
+            listener = StreamServerEndpointService(
+                serverFromString(self._reactor, description), self.site
+            )
+            # Fail start-up loudly (port in use, bad key) instead of serving nothing.
+            listener._raiseSynchronously = True
+            listener.startService()
+            self._listeners.append(listener)
+        log.info(
+            "cmdd {version} serving on {listen}; data in {data_dir}",
+            version=__version__,
+            listen=", ".join(settings.listen),
+            data_dir=settings.data_dir,
+        )
+
+    async def _stop(self) -> None:
+        for listener in self._listeners:
+            await maybeDeferred(listener.stopService)
+        self._listeners = []
+        await self.manager.stopService()
+        await super().stopService()
+        self.io.stop()
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+
+def _home_directory() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir or "/"
+    except KeyError:
+        return "/"
+
+
+def makeService(options: Options) -> IService:
+    """Build the daemon's service from parsed options (twistd calls this)."""
+    from twisted.internet import reactor
+
+    return CmddService(options["settings"], reactor)
