@@ -110,18 +110,16 @@ def _query(request: IRequest, allowed: frozenset[str]) -> dict[str, str]:
     for raw_name, values in args.items():
         name = raw_name.decode("utf-8", "replace")
         if name not in allowed:
-            raise ClientError(
-                "UNKNOWN_PARAMETER", f"unknown query parameter {name!r}", field=name
-            )
+            raise ClientError("UNKNOWN_PARAMETER", f"unknown query parameter {name!r}", field=name)
         if len(values) != 1:
-            raise ClientError(
-                "INVALID_PARAMETER", f"{name} may be given once", field=name
-            )
+            raise ClientError("INVALID_PARAMETER", f"{name} may be given once", field=name)
         out[name] = values[0].decode("utf-8", "replace")
     return out
 
 
-def _positive_int(params: dict[str, str], name: str, default: int | None, maximum: int) -> int | None:
+def _positive_int(
+    params: dict[str, str], name: str, default: int | None, maximum: int
+) -> int | None:
     if name not in params:
         return default
     text = params[name]
@@ -158,7 +156,9 @@ class CmddAPI:
 
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = sorted(failure.value.valid_methods or [])
+        error_value = failure.value
+        assert isinstance(error_value, MethodNotAllowed)
+        allowed = sorted(error_value.valid_methods or [])
         method = request.method.decode("ascii", "replace")
         error = ClientError(
             "METHOD_NOT_ALLOWED",
@@ -169,21 +169,20 @@ class CmddAPI:
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        if failure.check(HTTPException):
+        http_error = failure.value
+        if isinstance(http_error, HTTPException):
             # Routing answers such as a redirect to the canonical URL.
-            http_error = failure.value
             code = http_error.code or 500
             headers = {
                 name: value
                 for name, value in http_error.get_headers()
                 if name.lower() != "content-type"
             }
-            error = ClientError(
-                "HTTP_" + str(code), http_error.description or "", status=code
-            )
+            error = ClientError("HTTP_" + str(code), http_error.description or "", status=code)
             return respond_json(request, error.to_json(), code, headers)
-        log.failure("unexpected error in {method} {uri}", failure,
-                    method=request.method, uri=request.uri)
+        log.failure(
+            "unexpected error in {method} {uri}", failure, method=request.method, uri=request.uri
+        )
         error = ClientError("INTERNAL_ERROR", "the server failed; see its log", status=500)
         return respond_json(request, error.to_json(), 500)
 
@@ -233,9 +232,7 @@ class CmddAPI:
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:
         job = self._manager.get(parse_job_id(job_id))
         if stream not in STREAMS:
-            raise ClientError(
-                "STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404
-            )
+            raise ClientError("STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404)
         data: bytes = await self._run_blocking(
             read_output, output_path(self._manager.output_dir, job.id, stream)
         )

@@ -9,7 +9,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.endpoints import quoteStringArgument
@@ -80,8 +80,10 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         listen = merged["listen"]
         if isinstance(listen, str):
             listen = [listen]
-        if not isinstance(listen, list | tuple) or not listen or not all(
-            isinstance(item, str) and item for item in listen
+        if (
+            not isinstance(listen, list | tuple)
+            or not listen
+            or not all(isinstance(item, str) and item for item in listen)
         ):
             raise ConfigError("listen must be one or more endpoint strings")
         values["listen"] = tuple(listen)
@@ -105,7 +107,7 @@ def _number(key: str, value: object, kind: type[int] | type[float]) -> int | flo
     try:
         if isinstance(value, bool):
             raise ValueError
-        number = kind(value)  # type: ignore[arg-type]  # str or number; ValueError below
+        number = kind(cast(Any, value))  # a str or a number; anything else raises below
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a number, not {value!r}") from None
     if kind is int and isinstance(value, float) and value != int(value):

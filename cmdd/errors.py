@@ -45,6 +45,4 @@ class SpecError(ClientError):
 
 def not_found(what: str, ident: object) -> ClientError:
     """A 404 for an unknown id."""
-    return ClientError(
-        f"{what.upper()}_NOT_FOUND", f"no {what} with id {ident}", status=404
-    )
+    return ClientError(f"{what.upper()}_NOT_FOUND", f"no {what} with id {ident}", status=404)

@@ -127,7 +127,7 @@ class Deleted:
 Event = Created | Started | Ended | Deleted
 
 
-class InvalidTransition(Exception):
+class InvalidTransitionError(Exception):
     """An event that cannot happen to the job in its current state."""
 
 
@@ -138,29 +138,28 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
     """Return the job as it is after C{event}; C{None} once it is deleted.
 
     @param job: the job before the event, C{None} if it does not exist yet.
-    @raise InvalidTransition: if the event cannot happen in the job's state.
+    @raise InvalidTransitionError: if the event cannot happen in the job's state.
     """
     if isinstance(event, Created):
         if job is not None:
-            raise InvalidTransition(f"job {event.job_id} already exists")
+            raise InvalidTransitionError(f"job {event.job_id} already exists")
         return Job(id=event.job_id, spec=event.spec, state=State.QUEUED, created=event.at)
     if job is None:
-        raise InvalidTransition(f"job {event.job_id} does not exist")
+        raise InvalidTransitionError(f"job {event.job_id} does not exist")
     if isinstance(event, Started):
         if job.state is not State.QUEUED:
-            raise InvalidTransition(f"job {job.id} cannot start from {job.state.value}")
+            raise InvalidTransitionError(f"job {job.id} cannot start from {job.state.value}")
         return attrs.evolve(job, state=State.RUNNING, started=event.at, pid=event.pid)
     if isinstance(event, Ended):
         if job.state not in _ENDABLE or not event.outcome.state.final:
-            raise InvalidTransition(
-                f"job {job.id} cannot go from {job.state.value} "
-                f"to {event.outcome.state.value}"
+            raise InvalidTransitionError(
+                f"job {job.id} cannot go from {job.state.value} to {event.outcome.state.value}"
             )
         return attrs.evolve(
             job, state=event.outcome.state, completed=event.at, outcome=event.outcome
         )
     if not job.state.final:
-        raise InvalidTransition(f"job {job.id} is {job.state.value}, not finished")
+        raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not finished")
     return None
 
 

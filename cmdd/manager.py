@@ -117,7 +117,9 @@ class JobManager(Service):
         """
         if self._stopping:
             raise ClientError(
-                "SHUTTING_DOWN", "the daemon is stopping", status=503,
+                "SHUTTING_DOWN",
+                "the daemon is stopping",
+                status=503,
                 headers={"Retry-After": "5"},
             )
         if len(self._queue) >= self.limits.max_queued:
@@ -143,7 +145,8 @@ class JobManager(Service):
         job = self.get(job_id)
         if job.state.final:
             raise ClientError(
-                "JOB_FINISHED", f"job {job_id} already ended ({job.state.value})",
+                "JOB_FINISHED",
+                f"job {job_id} already ended ({job.state.value})",
                 status=409,
             )
         run = self._running.get(job_id)
@@ -212,11 +215,7 @@ class JobManager(Service):
             self._pump_call = self._clock.callLater(0, self._pump)
 
     def _pump(self) -> None:
-        while (
-            not self._stopping
-            and self._queue
-            and len(self._running) < self.limits.max_running
-        ):
+        while not self._stopping and self._queue and len(self._running) < self.limits.max_running:
             self._start(self._queue.popleft())
 
     def _start(self, job_id: int) -> None:
@@ -236,12 +235,8 @@ class JobManager(Service):
         self._running[job_id] = run
         self._record(Started(job_id, self._clock.seconds(), execution.pid))
         if job.spec.timeout is not None:
-            run.timeout_call = self._clock.callLater(
-                job.spec.timeout, self._time_out, run
-            )
-        execution.ended().addCallback(self._process_ended, run).addErrback(
-            self._end_failed, run
-        )
+            run.timeout_call = self._clock.callLater(job.spec.timeout, self._time_out, run)
+        execution.ended().addCallback(self._process_ended, run).addErrback(self._end_failed, run)
 
     def _time_out(self, run: _Run) -> None:
         run.timeout_call = None
@@ -253,9 +248,7 @@ class JobManager(Service):
         if run.kill_call is not None:
             return
         run.execution.signal_group(signal.SIGTERM)
-        run.kill_call = self._clock.callLater(
-            self.limits.kill_grace, self._kill, run
-        )
+        run.kill_call = self._clock.callLater(self.limits.kill_grace, self._kill, run)
 
     def _kill(self, run: _Run) -> None:
         log.info("job {job_id} ignored SIGTERM; sending SIGKILL", job_id=run.job_id)

@@ -54,7 +54,7 @@ class IExecution(Interface):
 
     pid: int
 
-    def signal_group(signum: int) -> None:
+    def signal_group(signum: int) -> None:  # noqa: N805 (zope interface methods take no self)
         """Send C{signum} to the job's whole process group."""
 
     def ended() -> Deferred[ProcessExit]:
@@ -66,7 +66,10 @@ class IExecutor(Interface):
     """Runs job specs somewhere: the local host, or a cluster scheduler."""
 
     def launch(
-        job_id: int, spec: JobSpec, stdout: OutputSpool, stderr: OutputSpool
+        job_id: int,  # noqa: N805 (zope interface methods take no self)
+        spec: JobSpec,
+        stdout: OutputSpool,
+        stderr: OutputSpool,
     ) -> IExecution:
         """Start the job's process now.
 
@@ -158,8 +161,7 @@ class _JobProcess(ProcessProtocol):
     def _drain_expired(self) -> None:
         self._drain_timer = None
         log.warn(
-            "process {pid} exited but its output pipes stayed open; "
-            "killing its group",
+            "process {pid} exited but its output pipes stayed open; killing its group",
             pid=self.pid,
         )
         self.signal_group(signal.SIGKILL)
@@ -252,9 +254,7 @@ class LocalExecutor:
             try:
                 self._chdir(directory)
             except OSError as e:
-                raise SpawnError(
-                    f"working directory {directory}: {e.strerror or e}"
-                ) from None
+                raise SpawnError(f"working directory {directory}: {e.strerror or e}") from None
             if spec.command_line is not None:
                 program = find_program(argv[0], env.get("PATH", DEFAULT_PATH))
                 if program is None:
@@ -270,7 +270,8 @@ class LocalExecutor:
             os.fchdir(home)
             os.close(home)
         process.pid = transport.pid or 0
-        stdout_resume = transport.resumeProducing
-        stdout.set_flow(transport.pauseProducing, stdout_resume)
-        stderr.set_flow(transport.pauseProducing, stdout_resume)
+        # twisted.internet.process.Process is a producer; the interface does not say so.
+        flow: Any = transport
+        stdout.set_flow(flow.pauseProducing, flow.resumeProducing)
+        stderr.set_flow(flow.pauseProducing, flow.resumeProducing)
         return process

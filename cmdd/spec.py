@@ -127,9 +127,7 @@ def _parse_command(body: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]
     has_command = body.get("command") is not None
     has_line = body.get("command_line") is not None
     if has_command and has_line:
-        raise SpecError(
-            "COMMAND_CONFLICT", "give either command or command_line, not both"
-        )
+        raise SpecError("COMMAND_CONFLICT", "give either command or command_line, not both")
     if not has_command and not has_line:
         raise SpecError(
             "COMMAND_MISSING",

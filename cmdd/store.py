@@ -42,7 +42,7 @@ class JobStore:
     def record(self, event: Event) -> Job | None:
         """Apply C{event} and return the job as it now is (C{None} if deleted).
 
-        @raise cmdd.jobs.InvalidTransition: the event is impossible; nothing changes.
+        @raise cmdd.jobs.InvalidTransitionError: the event is impossible; nothing changes.
         """
         before = self._jobs.get(event.job_id)
         after = apply_event(before, event)

@@ -40,6 +40,17 @@ from cmdd.web import make_site
 log = Logger()
 
 
+_SETTING_OPTIONS = (
+    "data-dir",
+    "max-running",
+    "max-queued",
+    "max-output-bytes",
+    "max-body-bytes",
+    "default-timeout",
+    "kill-grace",
+)
+
+
 class Options(usage.Options):
     """Options of C{twistd cmdd}; each can also be set in the config file."""
 
@@ -80,11 +91,7 @@ class Options(usage.Options):
         try:
             if self["config"]:
                 file_values = load_toml(self["config"])
-            overrides = {
-                key.replace("-", "_"): self[key]
-                for key, _, _, _ in self.optParameters
-                if key != "config"
-            }
+            overrides = {key.replace("-", "_"): self[key] for key in _SETTING_OPTIONS}
             overrides["listen"] = self["listen"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             self["settings"] = build_settings(file_values, overrides)

@@ -91,9 +91,7 @@ def read_json(request: IRequest) -> Any:
     """
     if getattr(request, "body_too_large", False):
         limit = getattr(request, "max_body", DEFAULT_MAX_BODY)
-        raise ClientError(
-            "BODY_TOO_LARGE", f"the request body is over {limit} bytes", status=413
-        )
+        raise ClientError("BODY_TOO_LARGE", f"the request body is over {limit} bytes", status=413)
     content_type = request.getHeader("content-type")
     media_type, _, params = (content_type or "").partition(";")
     media_type = media_type.strip().lower()
@@ -105,21 +103,17 @@ def read_json(request: IRequest) -> Any:
         )
     charset = params.strip().lower()
     if charset.startswith("charset=") and charset[8:].strip('"') not in ("utf-8", "utf8"):
-        raise ClientError(
-            "UNSUPPORTED_MEDIA_TYPE", "the body must be UTF-8 JSON", status=415
-        )
+        raise ClientError("UNSUPPORTED_MEDIA_TYPE", "the body must be UTF-8 JSON", status=415)
     assert request.content is not None
     raw = request.content.read()
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ClientError(
-            "INVALID_JSON", f"the body is not valid UTF-8 (byte {e.start})"
-        ) from None
+        raise ClientError("INVALID_JSON", f"the body is not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ClientError(
-            "INVALID_JSON", f"the body is not valid JSON: {e.msg} at line "
-            f"{e.lineno} column {e.colno}"
+            "INVALID_JSON",
+            f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
         ) from None
     except RecursionError:
         raise ClientError("INVALID_JSON", "the body is nested too deeply") from None
