@@ -99,6 +99,11 @@ def _text(value: object, field: str, code: str, max_chars: int) -> str:
         raise SpecError(code, f"{field} must not contain NUL characters", field)
     if len(value) > max_chars:
         raise SpecError(code, f"{field} is longer than {max_chars} characters", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON "\ud800" decodes to a lone surrogate, which no OS call accepts.
+        raise SpecError(code, f"{field} must be valid Unicode text", field) from None
     return value
 
 

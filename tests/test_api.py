@@ -1,0 +1,264 @@
+"""The HTTP API in memory (StubTreq): status codes, headers, JSON shapes, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import FakeExecutor, InlineIO
+from twisted.internet.task import Clock
+
+from cmdd.api import CmddAPI
+from cmdd.manager import JobManager, Limits
+from cmdd.store import JobStore
+from cmdd.web import make_site
+
+JSON = {"Content-Type": "application/json"}
+
+
+class Client:
+    """A cmdd API served in memory, with a fake clock and fake processes."""
+
+    def __init__(self, tmp_path: Path, **limits: Any) -> None:
+        from treq.testing import StubTreq
+
+        self.clock = Clock()
+        self.executor = FakeExecutor()
+        io = InlineIO()
+        self.manager = JobManager(
+            JobStore(), self.executor, io, self.clock,  # type: ignore[arg-type]
+            str(tmp_path), Limits(**limits),
+        )
+        self.manager.startService()
+        api = CmddAPI(self.manager, io.run)
+        self.treq = StubTreq(api.app.resource())
+        # Serve through cmdd's own request class, as the daemon does.
+        site = make_site(api.app.resource(), max_body=4096, idle_timeout=60)
+        self.treq._agent._serverFactory.requestFactory = site.requestFactory
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[Any, bytes]:
+        if raw is None and body is not None:
+            raw = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            headers = {**JSON, **(headers or {})}
+        results: list[Any] = []
+        d = self.treq.request(method, "http://cmdd.test" + path, data=raw, headers=headers,
+                              allow_redirects=False)
+        d.addCallback(lambda response: self.treq.content(response).addCallback(
+            lambda content: results.append((response, content))))
+        self.treq.flush()
+        assert results, f"{method} {path} got no response"
+        return results[0]
+
+    def json(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any, Any]:
+        response, content = self.request(method, path, body, **kw)
+        assert response.headers.getRawHeaders("content-type") == [
+            "application/json; charset=utf-8"
+        ]
+        return response.code, json.loads(content), response.headers
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Client:
+    return Client(tmp_path, max_running=2, max_queued=2)
+
+
+def finish(client: Client, job_id: int, exit_code: int = 0, stdout: bytes = b"",
+           stderr: bytes = b"") -> None:
+    client.clock.advance(0)
+    client.executor.by_job(job_id).finish(exit_code, stdout=stdout, stderr=stderr)
+
+
+def test_submit_poll_redirect_result(client: Client) -> None:
+    """The whole flow: 202 + Location, 200 while running, 303 to the result, the result."""
+    code, job, headers = client.json("POST", "/api/jobs", {"command": "echo привет"})
+    assert code == 202
+    assert headers.getRawHeaders("location") == ["/api/statuses/1"]
+    assert headers.getRawHeaders("retry-after") == ["1"]
+    assert job["id"] == 1 and job["state"] == "queued" and job["command"] == "echo привет"
+    assert job["links"]["status"] == "/api/statuses/1"
+    client.clock.advance(0)
+    code, status, _ = client.json("GET", "/api/statuses/1")
+    assert (code, status["state"], status["done"]) == (200, "running", False)
+    assert status["legacy_state"] == "STARTED"
+    code, error, _ = client.json("GET", "/api/results/1")
+    assert code == 404 and error["error"]["code"] == "RESULT_NOT_READY"
+    client.executor.by_job(1).finish(0, stdout="привет\n".encode(), stderr=b"\xff\xfe")
+    code, status, headers = client.json("GET", "/api/statuses/1")
+    assert code == 303 and headers.getRawHeaders("location") == ["/api/results/1"]
+    assert status["done"] is True
+    response, content = client.request("GET", "/api/results/1")
+    assert response.code == 200
+    assert "привет".encode() in content, "text must be raw UTF-8, not \\u escapes"
+    result = json.loads(content)
+    assert result["state"] == "succeeded" and result["exit_code"] == 0
+    assert result["stdout"] == "привет\n"
+    assert result["stderr"] == "\ufffd\ufffd", "undecodable bytes become replacement characters"
+    assert result["stdout_bytes"] == 13
+    assert result["truncated"] == {"stdout": False, "stderr": False}
+    assert result["duration"] == 0.0 and result["completed"].endswith("Z")
+    response, content = client.request("GET", "/api/jobs/1/output/stderr")
+    assert content == b"\xff\xfe", "raw output keeps the original bytes"
+    assert response.headers.getRawHeaders("content-type") == ["application/octet-stream"]
+
+
+def test_job_resource_and_lists(client: Client) -> None:
+    """Jobs, statuses and results are listed newest first; results only when done."""
+    for i in range(2):
+        client.json("POST", "/api/jobs", {"command_line": ["echo", str(i)], "labels": {"a": "b"}})
+    finish(client, 1, exit_code=2)
+    code, job, _ = client.json("GET", "/api/jobs/1")
+    assert code == 200
+    assert job["command_line"] == ["echo", "0"] and job["labels"] == {"a": "b"}
+    assert job["state"] == "failed" and job["exit_code"] == 2
+    code, listing, _ = client.json("GET", "/api/jobs")
+    assert [j["id"] for j in listing["jobs"]] == [2, 1] and listing["next"] is None
+    code, listing, _ = client.json("GET", "/api/statuses")
+    assert [(s["id"], s["done"]) for s in listing["statuses"]] == [(2, False), (1, True)]
+    code, listing, _ = client.json("GET", "/api/results")
+    assert [r["id"] for r in listing["results"]] == [1]
+    assert "stdout" not in listing["results"][0], "lists link to output, not embed it"
+
+
+def test_pagination_with_next_link(client: Client) -> None:
+    """A page has a next link (body and Link header) that continues where it stopped."""
+    for _ in range(2):
+        client.json("POST", "/api/jobs", {"command": "true"})
+    code, listing, headers = client.json("GET", "/api/jobs?limit=1")
+    assert [j["id"] for j in listing["jobs"]] == [2]
+    assert listing["next"] == "/api/jobs?limit=1&cursor=2"
+    assert headers.getRawHeaders("link") == ['</api/jobs?limit=1&cursor=2>; rel="next"']
+    code, listing, _ = client.json("GET", listing["next"])
+    assert [j["id"] for j in listing["jobs"]] == [1] and listing["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("limit=0", "INVALID_PARAMETER"),
+        ("limit=1001", "INVALID_PARAMETER"),
+        ("limit=x", "INVALID_PARAMETER"),
+        ("cursor=-1", "INVALID_PARAMETER"),
+        ("limit=1&limit=2", "INVALID_PARAMETER"),
+        ("colour=red", "UNKNOWN_PARAMETER"),
+    ],
+)
+def test_bad_query_parameters_are_400(client: Client, query: str, code: str) -> None:
+    """A bad list parameter is a 400 naming it, never silently ignored."""
+    status, body, _ = client.json("GET", "/api/jobs?" + query)
+    assert status == 400 and body["error"]["code"] == code
+
+
+def test_cancel_with_patch(client: Client) -> None:
+    """PATCH {"status": "cancelled"} ends a job and answers with the final job."""
+    client.json("POST", "/api/jobs", {"command": "sleep 100"})
+    client.clock.advance(0)
+    results: list[Any] = []
+    d = client.treq.request(
+        "PATCH", "http://cmdd.test/api/jobs/1", data=b'{"status": "cancelled"}', headers=JSON
+    )
+    d.addCallback(client.treq.json_content).addCallback(results.append)
+    client.treq.flush()
+    assert results == [], "the answer waits for the process to end"
+    client.executor.by_job(1).finish(None, signal=15)
+    client.treq.flush()
+    assert results[0]["state"] == "cancelled"
+    code, error, _ = client.json("PATCH", "/api/jobs/1", {"status": "cancelled"})
+    assert code == 409 and error["error"]["code"] == "JOB_FINISHED"
+    code, error, _ = client.json("PATCH", "/api/jobs/1", {"status": "running"})
+    assert code == 400 and error["error"]["code"] == "INVALID_PATCH"
+
+
+def test_delete(client: Client) -> None:
+    """DELETE is 409 while running, 204 once finished, then the job is gone."""
+    client.json("POST", "/api/jobs", {"command": "true"})
+    client.clock.advance(0)
+    code, error, _ = client.json("DELETE", "/api/jobs/1")
+    assert code == 409 and error["error"]["code"] == "JOB_NOT_FINISHED"
+    client.executor.by_job(1).finish(0)
+    response, content = client.request("DELETE", "/api/results/1")
+    assert response.code == 204 and content == b""
+    code, error, _ = client.json("GET", "/api/jobs/1")
+    assert code == 404 and error["error"]["code"] == "JOB_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/jobs/99", "/api/jobs/abc", "/api/statuses/0", "/api/results/99",
+             "/api/jobs/99/output/stdout", "/api/jobs/1" + "0" * 30]
+)
+def test_unknown_ids_are_404(client: Client, path: str) -> None:
+    """Unknown or malformed ids are a JSON 404, never a 500."""
+    code, body, _ = client.json("GET", path)
+    assert code == 404 and body["error"]["code"] == "JOB_NOT_FOUND"
+
+
+def test_unknown_route_and_stream(client: Client) -> None:
+    """Unknown paths and output streams are JSON 404s."""
+    code, body, _ = client.json("GET", "/nope")
+    assert code == 404 and body["error"]["code"] == "ROUTE_NOT_FOUND"
+    client.json("POST", "/api/jobs", {"command": "true"})
+    code, body, _ = client.json("GET", "/api/jobs/1/output/stdin")
+    assert code == 404 and body["error"]["code"] == "STREAM_NOT_FOUND"
+
+
+def test_wrong_method_is_405_with_allow(client: Client) -> None:
+    """A method a resource does not support gets 405 and the Allow header."""
+    code, body, headers = client.json("PUT", "/api/jobs", {"command": "true"})
+    assert code == 405 and body["error"]["code"] == "METHOD_NOT_ALLOWED"
+    allowed = headers.getRawHeaders("allow")[0].split(", ")
+    assert {"GET", "POST"} <= set(allowed)
+
+
+@pytest.mark.parametrize(
+    ("raw", "headers", "status", "code"),
+    [
+        (b'{"command": "true"}', {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (b'{"command": "true"}', {}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (b'{"command": "true"}', {"Content-Type": "application/json; charset=latin-1"}, 415,
+         "UNSUPPORTED_MEDIA_TYPE"),
+        (b'{"command": "\xff"}', JSON, 400, "INVALID_JSON"),
+        (b'{"command": ', JSON, 400, "INVALID_JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, JSON, 413, "BODY_TOO_LARGE"),
+        (b"[" * 4000 + b"]" * 10, JSON, 400, "INVALID_JSON"),
+        (b"x" * 5000, JSON, 413, "BODY_TOO_LARGE"),
+        (b'{"command": "x", "\\ud800": 1}', JSON, 400, "UNKNOWN_FIELD"),
+        (b'{}', JSON, 400, "COMMAND_MISSING"),
+    ],
+)
+def test_bad_bodies_get_clear_errors(
+    client: Client, raw: bytes, headers: dict[str, str], status: int, code: str
+) -> None:
+    """Whatever a client sends, the answer is a JSON error with the right status."""
+    got, body, _ = client.json("POST", "/api/jobs", raw=raw, headers=headers)
+    assert (got, body["error"]["code"]) == (status, code)
+    assert "Traceback" not in body["error"]["message"]
+
+
+def test_deep_nesting_is_a_400(client: Client) -> None:
+    """JSON nested deeper than the parser can go is a client error, not a 500."""
+    raw = b"[" * 2040 + b"]" * 2040
+    got, body, _ = client.json("POST", "/api/jobs", raw=raw, headers=JSON)
+    assert got == 400 and body["error"]["code"] in ("INVALID_JSON", "BODY_NOT_OBJECT")
+
+
+def test_queue_full_is_503_with_retry_after(client: Client) -> None:
+    """When the queue is full, a POST gets 503 and a Retry-After hint."""
+    for _ in range(2):
+        client.json("POST", "/api/jobs", {"command": "true"})
+    code, body, headers = client.json("POST", "/api/jobs", {"command": "true"})
+    assert code == 503 and body["error"]["code"] == "QUEUE_FULL"
+    assert headers.getRawHeaders("retry-after") == ["1"]
+
+
+def test_health_and_metrics(client: Client) -> None:
+    """/healthz reports counts; /metrics is Prometheus text."""
+    client.json("POST", "/api/jobs", {"command": "true"})
+    code, health, _ = client.json("GET", "/healthz")
+    assert code == 200 and health["status"] == "ok" and health["queued"] == 1
+    response, content = client.request("GET", "/metrics")
+    assert response.code == 200
+    text = content.decode()
+    assert "cmdd_jobs_submitted_total 1" in text
+    assert 'cmdd_jobs{state="queued"} 1' in text

@@ -1,0 +1,115 @@
+"""Settings: defaults, config file, command line, and refusing unsafe listeners."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cmdd.config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    build_settings,
+    check_endpoint,
+    load_toml,
+    needs_generated_certificate,
+    split_endpoint,
+    with_certificate,
+)
+
+
+def test_defaults_are_safe() -> None:
+    """With nothing configured: TLS on loopback, data in ./cmdd-data, 16 MiB cap."""
+    settings = build_settings({}, {})
+    assert settings.listen == (DEFAULT_LISTEN,)
+    assert settings.data_dir == os.path.abspath("cmdd-data")
+    assert settings.max_output_bytes == 16 * 1024 * 1024
+    assert settings.max_running == 4 * (os.cpu_count() or 1)
+    assert settings.default_timeout is None
+
+
+def test_command_line_wins_over_file(tmp_path: Path) -> None:
+    """A value given on the command line overrides the config file's."""
+    config = tmp_path / "cmdd.toml"
+    config.write_text(
+        "[cmdd]\nmax_running = 3\nmax_queued = 7\n"
+        "listen = ['tcp:8080:interface=127.0.0.1']\ndata_dir = '/srv/cmdd'\n"
+    )
+    settings = build_settings(load_toml(str(config)), {"max_running": "5", "max_queued": None})
+    assert settings.max_running == 5
+    assert settings.max_queued == 7
+    assert settings.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert settings.data_dir == "/srv/cmdd"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_running = 0", "more than 0"),
+        ("max_running = 'lots'", "must be a number"),
+        ("max_running = 1.5", "whole number"),
+        ("kill_grace = true", "must be a number"),
+        ("listen = []", "endpoint"),
+        ("allow_plaintext = 'yes'", "true or false"),
+        ("colour = 'blue'", "unknown setting"),
+        ("max_running = ", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_explained(tmp_path: Path, text: str, message: str) -> None:
+    """A bad config file stops start-up with a message naming the problem."""
+    config = tmp_path / "cmdd.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        build_settings(load_toml(str(config)), {})
+
+
+def test_missing_config_file() -> None:
+    """A config file that cannot be read is reported, not ignored."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml("/nonexistent/cmdd.toml")
+
+
+def test_endpoint_strings_split_like_twisted() -> None:
+    """Colons and backslashes escape as in Twisted's endpoint syntax."""
+    assert split_endpoint(r"ssl:8443:privateKey=/a\:b/key.pem") == (
+        "ssl",
+        ["8443"],
+        {"privateKey": "/a:b/key.pem"},
+    )
+    assert split_endpoint(r"tcp:8080:interface=\:\:1") == ("tcp", ["8080"], {"interface": "::1"})
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "ssl:8443",
+        "unix:/run/cmdd.sock",
+        "tcp:8080:interface=127.0.0.1",
+        "tcp:8080:interface=127.0.0.2",
+        r"tcp6:8080:interface=\:\:1",
+        "tcp:8080:interface=localhost",
+    ],
+)
+def test_safe_endpoints_are_allowed(description: str) -> None:
+    """TLS anywhere, Unix sockets and loopback TCP need no extra flag."""
+    check_endpoint(description, allow_plaintext=False)
+
+
+@pytest.mark.parametrize(
+    "description", ["tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp:8080:interface=10.0.0.1"]
+)
+def test_plaintext_beyond_this_host_needs_a_flag(description: str) -> None:
+    """Plain TCP reachable from other hosts is refused unless asked for."""
+    with pytest.raises(ConfigError, match="--allow-plaintext"):
+        check_endpoint(description, allow_plaintext=False)
+    check_endpoint(description, allow_plaintext=True)
+
+
+def test_generated_certificate_is_added_only_where_missing() -> None:
+    """An ssl: endpoint without a key gets the generated one; others are untouched."""
+    assert needs_generated_certificate(("ssl:8443",))
+    assert not needs_generated_certificate(("ssl:8443:privateKey=/k.pem", "tcp:1"))
+    added = with_certificate("ssl:8443", "/d:x/cert.pem", "/d/key.pem")
+    assert split_endpoint(added)[2] == {"privateKey": "/d/key.pem", "certKey": "/d:x/cert.pem"}
+    assert with_certificate("tcp:80", "/c", "/k") == "tcp:80"

@@ -1,0 +1,219 @@
+"""The job manager's policy, with a fake clock and fake processes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import FakeExecutor, InlineIO
+from twisted.internet.task import Clock
+
+from cmdd.errors import ClientError
+from cmdd.jobs import Job, State
+from cmdd.manager import JobManager, Limits
+from cmdd.spec import parse_spec
+from cmdd.store import JobStore
+
+
+class World:
+    """A manager wired to a fake clock, fake executor and inline I/O."""
+
+    def __init__(self, tmp_path: Path, **limits: Any) -> None:
+        self.clock = Clock()
+        self.executor = FakeExecutor()
+        self.store = JobStore()
+        self.output_dir = str(tmp_path)
+        self.manager = JobManager(
+            self.store, self.executor, InlineIO(), self.clock,  # type: ignore[arg-type]
+            self.output_dir, Limits(**limits),
+        )
+        self.manager.startService()
+
+    def submit(self, body: dict[str, Any] | None = None) -> Job:
+        results: list[Job] = []
+        self.manager.submit(parse_spec(body or {"command": "true"})).addCallback(results.append)
+        return results[0]
+
+    def state(self, job_id: int) -> State:
+        job = self.store.get(job_id)
+        assert job is not None
+        return job.state
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path, max_running=2, max_queued=3, kill_grace=5.0)
+
+
+def test_jobs_start_after_the_response_in_fifo_order(world: World) -> None:
+    """Submitted jobs are queued, then start in order up to max_running."""
+    jobs = [world.submit() for _ in range(3)]
+    assert [job.state for job in jobs] == [State.QUEUED] * 3
+    assert world.executor.started == []
+    world.clock.advance(0)
+    assert [e.job_id for e in world.executor.started] == [1, 2]
+    assert world.state(3) is State.QUEUED
+    world.executor.by_job(1).finish(0)
+    world.clock.advance(0)
+    assert world.state(1) is State.SUCCEEDED
+    assert [e.job_id for e in world.executor.started] == [1, 2, 3]
+
+
+def test_full_queue_answers_503_with_retry_after(world: World) -> None:
+    """Beyond max_queued waiting jobs, a submission is refused, not lost."""
+    for _ in range(3):
+        world.submit()
+    with pytest.raises(ClientError) as info:
+        world.submit()
+    assert info.value.status == 503 and info.value.code == "QUEUE_FULL"
+    assert "Retry-After" in info.value.headers
+    assert len(world.store) == 3
+
+
+def test_exit_codes_become_states(world: World) -> None:
+    """Exit 0 is succeeded; non-zero or a signal is failed, with the details kept."""
+    for _ in range(2):
+        world.submit()
+    world.clock.advance(0)
+    world.executor.by_job(1).finish(3, stdout=b"out", stderr=b"err!")
+    world.executor.by_job(2).finish(None, signal=9)
+    one, two = world.store.get(1), world.store.get(2)
+    assert one is not None and one.outcome is not None
+    assert one.state is State.FAILED and one.outcome.exit_code == 3
+    assert (one.outcome.stdout_bytes, one.outcome.stderr_bytes) == (3, 4)
+    assert (Path(world.output_dir) / "1.stdout").read_bytes() == b"out"
+    assert two is not None and two.outcome is not None
+    assert two.state is State.FAILED and two.outcome.signal == 9
+
+
+def test_spawn_failure_is_not_executed(world: World) -> None:
+    """A job that cannot start ends not_executed with the reason, and frees its slot."""
+    world.submit({"command_line": ["missing"]})
+    world.clock.advance(0)
+    job = world.store.get(1)
+    assert job is not None and job.outcome is not None
+    assert job.state is State.NOT_EXECUTED
+    assert job.outcome.reason == "missing: executable not found"
+    assert world.manager.running_count == 0
+
+
+def test_timeout_terminates_then_kills(world: World) -> None:
+    """At the timeout the group gets SIGTERM, SIGKILL after the grace; state failed."""
+    world.submit({"command": "sleep 100", "timeout": 10})
+    world.clock.advance(0)
+    execution = world.executor.by_job(1)
+    world.clock.advance(9.9)
+    assert execution.signals == []
+    world.clock.advance(0.1)
+    assert execution.signals == [signal.SIGTERM]
+    world.clock.advance(5)
+    assert execution.signals == [signal.SIGTERM, signal.SIGKILL]
+    execution.finish(0)
+    job = world.store.get(1)
+    assert job is not None and job.outcome is not None
+    assert job.state is State.FAILED and job.outcome.reason == "timed out"
+
+
+def test_default_timeout_applies_to_jobs_without_one(tmp_path: Path) -> None:
+    """The operator's default timeout is recorded in the job and enforced."""
+    world = World(tmp_path, default_timeout=3.0)
+    job = world.submit()
+    assert job.spec.timeout == 3.0
+    world.clock.advance(0)
+    world.clock.advance(3)
+    assert world.executor.by_job(1).signals == [signal.SIGTERM]
+
+
+def test_cancel_running_job_reports_cancelled_even_on_exit_0(world: World) -> None:
+    """A cancelled job that exits 0 on SIGTERM is cancelled, not succeeded."""
+    world.submit()
+    world.clock.advance(0)
+    results: list[Job] = []
+    world.manager.cancel(1).addCallback(results.append)
+    execution = world.executor.by_job(1)
+    assert execution.signals == [signal.SIGTERM]
+    assert results == []
+    execution.finish(0)
+    assert results[0].state is State.CANCELLED
+    assert results[0].outcome is not None
+    assert results[0].outcome.reason == "cancelled by request"
+    world.clock.advance(10)
+    assert execution.signals == [signal.SIGTERM], "the SIGKILL timer was left running"
+
+
+def test_cancel_queued_job_never_runs(world: World) -> None:
+    """A queued job cancelled before its turn is never started."""
+    for _ in range(3):
+        world.submit()
+    results: list[Job] = []
+    world.manager.cancel(3).addCallback(results.append)
+    assert results[0].state is State.CANCELLED
+    world.clock.advance(0)
+    world.executor.by_job(1).finish(0)
+    world.clock.advance(0)
+    assert 3 not in [e.job_id for e in world.executor.started]
+
+
+def test_cancel_and_delete_conflicts(world: World) -> None:
+    """Cancelling a finished job or deleting a running one is a 409; unknown is 404."""
+    world.submit()
+    world.clock.advance(0)
+    with pytest.raises(ClientError) as info:
+        world.manager.delete(1)
+    assert info.value.status == 409 and info.value.code == "JOB_NOT_FINISHED"
+    world.executor.by_job(1).finish(0, stdout=b"x")
+    with pytest.raises(ClientError) as info:
+        world.manager.cancel(1)
+    assert info.value.status == 409 and info.value.code == "JOB_FINISHED"
+    with pytest.raises(ClientError) as info:
+        world.manager.get(99)
+    assert info.value.status == 404
+
+
+def test_delete_removes_job_and_output(world: World) -> None:
+    """Deleting a finished job removes it and its output files."""
+    world.submit()
+    world.clock.advance(0)
+    world.executor.by_job(1).finish(0, stdout=b"data")
+    assert (Path(world.output_dir) / "1.stdout").exists()
+    world.manager.delete(1)
+    assert world.store.get(1) is None
+    assert not (Path(world.output_dir) / "1.stdout").exists()
+
+
+def test_stop_ends_running_jobs_as_cancelled(world: World) -> None:
+    """Stopping the daemon terminates running jobs and records why."""
+    for _ in range(3):
+        world.submit()
+    world.clock.advance(0)
+    stopped: list[object] = []
+    world.manager.stopService().addCallback(stopped.append)
+    assert stopped == []
+    for execution in world.executor.alive:
+        assert execution.signals == [signal.SIGTERM]
+        execution.finish(None, signal=15)
+    assert stopped == [None]
+    for job_id in (1, 2):
+        job = world.store.get(job_id)
+        assert job is not None and job.outcome is not None
+        assert job.state is State.CANCELLED and job.outcome.reason == "the daemon stopped"
+    assert world.state(3) is State.QUEUED
+    with pytest.raises(ClientError) as info:
+        world.submit()
+    assert info.value.status == 503
+
+
+def test_when_final_gives_each_waiter_its_own_deferred(world: World) -> None:
+    """Waiters are independent: cancelling one does not affect the others."""
+    world.submit()
+    world.clock.advance(0)
+    first = world.manager.when_final(1)
+    second = world.manager.when_final(1)
+    first.cancel()
+    first.addErrback(lambda _: None)
+    results: list[Job] = []
+    second.addCallback(results.append)
+    world.executor.by_job(1).finish(0)
+    assert results[0].state is State.SUCCEEDED

@@ -1,0 +1,78 @@
+"""The in-memory job index: ids, events, newest-first pages."""
+
+from __future__ import annotations
+
+from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, State
+from cmdd.spec import parse_spec
+from cmdd.store import JobStore, page
+
+SPEC = parse_spec({"command": "true"})
+
+
+def store_with(count: int) -> JobStore:
+    store = JobStore()
+    for _ in range(count):
+        store.record(Created(store.allocate_id(), 1.0, SPEC))
+    return store
+
+
+def test_ids_are_never_reused_after_delete() -> None:
+    """Deleting the newest job does not free its id."""
+    store = store_with(2)
+    store.record(Ended(2, 2.0, Outcome(State.CANCELLED)))
+    store.record(Deleted(2, 3.0))
+    assert store.get(2) is None
+    assert store.allocate_id() == 3
+
+
+def test_replayed_ids_move_the_counter() -> None:
+    """Recording a job created elsewhere (replay) keeps ids ahead of it."""
+    store = JobStore()
+    store.record(Created(41, 1.0, SPEC))
+    assert store.allocate_id() == 42
+
+
+def test_counts_by_state_follow_events() -> None:
+    """Per-state counts (for /metrics) follow every event."""
+    store = store_with(3)
+    store.record(Ended(1, 2.0, Outcome(State.CANCELLED)))
+    store.record(Deleted(1, 3.0))
+    assert store.counts[State.QUEUED] == 2
+    assert store.counts[State.CANCELLED] == 0
+    assert len(store) == 2
+
+
+def test_listeners_see_every_event() -> None:
+    """Listeners get each event and the job as it is after it."""
+    store = JobStore()
+    seen: list[tuple[Event, Job | None]] = []
+    store.add_listener(lambda event, job: seen.append((event, job)))
+    event = Created(1, 1.0, SPEC)
+    job = store.record(event)
+    assert seen == [(event, job)]
+
+
+def test_pages_are_newest_first_without_gaps_or_duplicates() -> None:
+    """Walking pages with the cursor visits every job once, newest first."""
+    store = store_with(10)
+    store.record(Ended(5, 2.0, Outcome(State.CANCELLED)))
+    store.record(Deleted(5, 3.0))
+    seen: list[int] = []
+    cursor = None
+    while True:
+        jobs, cursor = page(store.newest_first(cursor), 3)
+        seen.extend(job.id for job in jobs)
+        if cursor is None:
+            break
+    assert seen == [10, 9, 8, 7, 6, 4, 3, 2, 1]
+
+
+def test_page_filter() -> None:
+    """A filter keeps only matching jobs and still pages correctly."""
+    store = store_with(6)
+    for job_id in (2, 4, 6):
+        store.record(Ended(job_id, 2.0, Outcome(State.CANCELLED)))
+    jobs, cursor = page(store.newest_first(), 2, lambda job: job.state.final)
+    assert [job.id for job in jobs] == [6, 4] and cursor == 4
+    jobs, cursor = page(store.newest_first(cursor), 2, lambda job: job.state.final)
+    assert [job.id for job in jobs] == [2] and cursor is None
