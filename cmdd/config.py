@@ -36,6 +36,16 @@ class Settings:
     default_timeout: float | None = None
     kill_grace: float = 5.0
     idle_timeout: float = 60.0
+    journal_fsync: str = "always"
+    journal_recover: bool = False
+    journal_compact_bytes: int = 64 * MIB
+    retain_days: float | None = None
+    retain_jobs: int | None = None
+
+    @property
+    def journal_path(self) -> str:
+        """The job history journal."""
+        return os.path.join(self.data_dir, "journal.jsonl")
 
     @property
     def tls_dir(self) -> str:
@@ -48,9 +58,18 @@ class Settings:
         return os.path.join(self.data_dir, "output")
 
 
-_INTS = ("max_running", "max_queued", "max_output_bytes", "max_body_bytes")
-_FLOATS = ("default_timeout", "kill_grace", "idle_timeout")
-KEYS = frozenset({"data_dir", "listen", "allow_plaintext", *_INTS, *_FLOATS})
+_INTS = (
+    "max_running",
+    "max_queued",
+    "max_output_bytes",
+    "max_body_bytes",
+    "journal_compact_bytes",
+    "retain_jobs",
+)
+_FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "retain_days")
+_BOOLS = ("allow_plaintext", "journal_recover")
+FSYNC_MODES = ("always", "never")
+KEYS = frozenset({"data_dir", "listen", "journal_fsync", *_BOOLS, *_INTS, *_FLOATS})
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -87,10 +106,15 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         ):
             raise ConfigError("listen must be one or more endpoint strings")
         values["listen"] = tuple(listen)
-    if "allow_plaintext" in merged:
-        if not isinstance(merged["allow_plaintext"], bool):
-            raise ConfigError("allow_plaintext must be true or false")
-        values["allow_plaintext"] = merged["allow_plaintext"]
+    for key in _BOOLS:
+        if key in merged:
+            if not isinstance(merged[key], bool):
+                raise ConfigError(f"{key} must be true or false")
+            values[key] = merged[key]
+    if "journal_fsync" in merged:
+        if merged["journal_fsync"] not in FSYNC_MODES:
+            raise ConfigError(f"journal_fsync must be one of {', '.join(FSYNC_MODES)}")
+        values["journal_fsync"] = merged["journal_fsync"]
     for key in _INTS:
         if key in merged:
             values[key] = _number(key, merged[key], int)

@@ -75,7 +75,6 @@ class Job:
     created: float
     started: float | None = None
     completed: float | None = None
-    pid: int | None = None
     outcome: Outcome | None = None
 
     @property
@@ -100,11 +99,14 @@ class Created:
 
 @frozen
 class Started:
-    """The job's process was spawned."""
+    """The job took a slot and is about to be spawned.
+
+    Recorded (durably) before the spawn, so a crash can never make a job run
+    twice: after a restart a started job is C{lost}, never re-run.
+    """
 
     job_id: int
     at: float
-    pid: int
 
 
 @frozen
@@ -127,7 +129,7 @@ class Deleted:
 Event = Created | Started | Ended | Deleted
 
 
-class InvalidTransitionError(Exception):
+class InvalidTransitionError(ValueError):
     """An event that cannot happen to the job in its current state."""
 
 
@@ -149,7 +151,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
     if isinstance(event, Started):
         if job.state is not State.QUEUED:
             raise InvalidTransitionError(f"job {job.id} cannot start from {job.state.value}")
-        return attrs.evolve(job, state=State.RUNNING, started=event.at, pid=event.pid)
+        return attrs.evolve(job, state=State.RUNNING, started=event.at)
     if isinstance(event, Ended):
         if job.state not in _ENDABLE or not event.outcome.state.final:
             raise InvalidTransitionError(

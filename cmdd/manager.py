@@ -7,6 +7,7 @@ process's end means); the executor owns the mechanics of processes.
 from __future__ import annotations
 
 import collections
+import os
 import signal
 from typing import Any
 
@@ -18,11 +19,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cmdd.errors import ClientError, not_found
+from cmdd.history import History
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
 from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
 from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, remove_outputs
-from cmdd.store import JobStore
 
 log = Logger()
 
@@ -40,12 +41,12 @@ class Limits:
 
 @attrs.define(eq=False)
 class _Run:
-    """A running job's process and the timers and flags around it."""
+    """A job holding a slot: its process (once spawned), timers and flags."""
 
     job_id: int
-    execution: IExecution
-    stdout: OutputSpool
-    stderr: OutputSpool
+    execution: IExecution | None = None
+    stdout: OutputSpool | None = None
+    stderr: OutputSpool | None = None
     timeout_call: IDelayedCall | None = None
     kill_call: IDelayedCall | None = None
     cancel_reason: str | None = None
@@ -59,14 +60,15 @@ class JobManager(Service):
 
     def __init__(
         self,
-        store: JobStore,
+        history: History,
         executor: IExecutor,
         io: IOWorker,
         clock: IReactorTime,
         output_dir: str,
         limits: Limits,
     ) -> None:
-        self.store = store
+        self.history = history
+        self.store = history.store
         self._executor = executor
         self._io = io
         self._clock = clock
@@ -78,7 +80,7 @@ class JobManager(Service):
         self._pump_call: IDelayedCall | None = None
         self._stopping = False
         self.submitted_total = 0
-        store.add_listener(self._job_changed)
+        self.store.add_listener(self._job_changed)
 
     # --- queries -----------------------------------------------------------
 
@@ -111,7 +113,7 @@ class JobManager(Service):
     # --- commands ----------------------------------------------------------
 
     def submit(self, spec: JobSpec) -> Deferred[Job]:
-        """Accept a job; the Deferred fires once it is recorded.
+        """Accept a job; the Deferred fires once its creation is durable.
 
         @raise ClientError: 503 while stopping or when the queue is full.
         """
@@ -131,11 +133,16 @@ class JobManager(Service):
             )
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
-        job = self._record(Created(self.store.allocate_id(), self._clock.seconds(), spec))
+        job, durable = self.history.record(
+            Created(self.store.allocate_id(), self._clock.seconds(), spec)
+        )
+        assert job is not None
         self.submitted_total += 1
+        # Queued at once: its start is journaled after its creation, and the
+        # process is spawned only once that start is durable.
         self._queue.append(job.id)
         self._schedule_pump()
-        return succeed(job)
+        return durable.addCallbacks(lambda _: job, _journal_unavailable)
 
     def cancel(self, job_id: int, reason: str = "cancelled by request") -> Deferred[Job]:
         """Cancel a queued or running job; fires with the job once it is final.
@@ -152,7 +159,7 @@ class JobManager(Service):
         run = self._running.get(job_id)
         if run is None:
             self._queue.remove(job_id)
-            self._record(
+            self.history.record(
                 Ended(job_id, self._clock.seconds(), Outcome(State.CANCELLED, reason=reason))
             )
         else:
@@ -172,8 +179,47 @@ class JobManager(Service):
                 f"job {job_id} is {job.state.value}; cancel it before deleting",
                 status=409,
             )
-        self._record(Deleted(job_id, self._clock.seconds()))
-        return self._io.run(remove_outputs, self.output_dir, job_id)
+        _, durable = self.history.record(Deleted(job_id, self._clock.seconds()))
+        # Files go only once the deletion is durable: a crash in between must
+        # not leave a job whose output is missing.
+        return durable.addCallback(lambda _: self.remove_outputs([job_id]))
+
+    def remove_outputs(self, job_ids: list[int]) -> Deferred[None]:
+        """Delete these jobs' output files (on the I/O thread)."""
+
+        def remove_all() -> None:
+            for job_id in job_ids:
+                remove_outputs(self.output_dir, job_id)
+
+        return self._io.run(remove_all)
+
+    def adopt_history(self) -> None:
+        """After replay: queue the queued jobs again, mark the running ones lost.
+
+        A job that was running when the daemon died may or may not have
+        finished its work; it is never run again.
+        """
+        now = self._clock.seconds()
+        for job in self.store.oldest_first():
+            if job.state is State.QUEUED:
+                self._queue.append(job.id)
+            elif job.state is State.RUNNING:
+                stdout_bytes, stderr_bytes = (
+                    _file_size(output_path(self.output_dir, job.id, stream))
+                    for stream in ("stdout", "stderr")
+                )
+                self.history.record(
+                    Ended(
+                        job.id,
+                        now,
+                        Outcome(
+                            State.LOST,
+                            reason="the daemon stopped while the job ran; its outcome is unknown",
+                            stdout_bytes=stdout_bytes,
+                            stderr_bytes=stderr_bytes,
+                        ),
+                    )
+                )
 
     # --- service -----------------------------------------------------------
 
@@ -190,18 +236,13 @@ class JobManager(Service):
             self._pump_call.cancel()
         ending = []
         for run in list(self._running.values()):
-            run.cancel_reason = "the daemon stopped"
+            run.cancel_reason = run.cancel_reason or "the daemon stopped"
             ending.append(self.when_final(run.job_id))
             self._terminate(run)
         done: Deferred[Any] = DeferredList(ending, consumeErrors=True)
         return done.addCallback(lambda _: None)
 
     # --- internals ---------------------------------------------------------
-
-    def _record(self, event: Event) -> Job:
-        job = self.store.record(event)
-        assert job is not None or isinstance(event, Deleted)
-        return job  # type: ignore[return-value]  # None only for Deleted
 
     def _job_changed(self, event: Event, job: Job | None) -> None:
         if job is not None and job.state.final:
@@ -219,24 +260,42 @@ class JobManager(Service):
             self._start(self._queue.popleft())
 
     def _start(self, job_id: int) -> None:
-        job = self.get(job_id)
-        cap = self.limits.max_output_bytes
-        stdout = OutputSpool(self._io, output_path(self.output_dir, job_id, "stdout"), cap)
-        stderr = OutputSpool(self._io, output_path(self.output_dir, job_id, "stderr"), cap)
-        try:
-            execution = self._executor.launch(job_id, job.spec, stdout, stderr)
-        except SpawnError as e:
-            log.info("job {job_id} not executed: {why}", job_id=job_id, why=str(e))
-            self._record(
-                Ended(job_id, self._clock.seconds(), Outcome(State.NOT_EXECUTED, reason=str(e)))
-            )
-            return
-        run = _Run(job_id, execution, stdout, stderr)
+        run = _Run(job_id)
         self._running[job_id] = run
-        self._record(Started(job_id, self._clock.seconds(), execution.pid))
+        _, durable = self.history.record(Started(job_id, self._clock.seconds()))
+        durable.addCallbacks(
+            lambda _: self._spawn(run), lambda failure: self._spawn_refused(run, failure)
+        ).addErrback(self._end_failed, run)
+
+    def _spawn(self, run: _Run) -> None:
+        if run.cancel_reason is not None:
+            self._end(run, Outcome(State.CANCELLED, reason=run.cancel_reason))
+            return
+        job = self.get(run.job_id)
+        cap = self.limits.max_output_bytes
+        run.stdout = OutputSpool(self._io, output_path(self.output_dir, job.id, "stdout"), cap)
+        run.stderr = OutputSpool(self._io, output_path(self.output_dir, job.id, "stderr"), cap)
+        try:
+            run.execution = self._executor.launch(job.id, job.spec, run.stdout, run.stderr)
+        except SpawnError as e:
+            log.info("job {job_id} not executed: {why}", job_id=job.id, why=str(e))
+            self._end(run, Outcome(State.NOT_EXECUTED, reason=str(e)))
+            return
         if job.spec.timeout is not None:
             run.timeout_call = self._clock.callLater(job.spec.timeout, self._time_out, run)
-        execution.ended().addCallback(self._process_ended, run).addErrback(self._end_failed, run)
+        run.execution.ended().addCallback(self._process_ended, run).addErrback(
+            self._end_failed, run
+        )
+
+    def _spawn_refused(self, run: _Run, failure: Failure) -> None:
+        # Its start could not be journaled: running it would break the
+        # promise that a restart never runs a job twice.
+        self._end(run, Outcome(State.NOT_EXECUTED, reason="the journal could not be written"))
+
+    def _end(self, run: _Run, outcome: Outcome) -> None:
+        del self._running[run.job_id]
+        self.history.record(Ended(run.job_id, self._clock.seconds(), outcome))
+        self._schedule_pump()
 
     def _time_out(self, run: _Run) -> None:
         run.timeout_call = None
@@ -245,19 +304,22 @@ class JobManager(Service):
         self._terminate(run)
 
     def _terminate(self, run: _Run) -> None:
-        if run.kill_call is not None:
+        if run.execution is None or run.kill_call is not None:
+            # Not spawned yet: _spawn sees the cancel reason and does not spawn.
             return
         run.execution.signal_group(signal.SIGTERM)
         run.kill_call = self._clock.callLater(self.limits.kill_grace, self._kill, run)
 
     def _kill(self, run: _Run) -> None:
         log.info("job {job_id} ignored SIGTERM; sending SIGKILL", job_id=run.job_id)
+        assert run.execution is not None
         run.execution.signal_group(signal.SIGKILL)
 
     async def _finish(self, exit: ProcessExit, run: _Run) -> None:
         for call in (run.timeout_call, run.kill_call):
             if call is not None and call.active():
                 call.cancel()
+        assert run.stdout is not None and run.stderr is not None
         # The result is visible only once its output is in the files.
         await run.stdout.close()
         await run.stderr.close()
@@ -270,22 +332,38 @@ class JobManager(Service):
         reason = run.cancel_reason
         if run.timed_out and reason is None:
             reason = "timed out"
-        outcome = Outcome(
-            state=state,
-            exit_code=exit.exit_code,
-            signal=exit.signal,
-            reason=reason,
-            stdout_bytes=run.stdout.total,
-            stderr_bytes=run.stderr.total,
-            stdout_truncated=run.stdout.truncated,
-            stderr_truncated=run.stderr.truncated,
+        self._end(
+            run,
+            Outcome(
+                state=state,
+                exit_code=exit.exit_code,
+                signal=exit.signal,
+                reason=reason,
+                stdout_bytes=run.stdout.total,
+                stderr_bytes=run.stderr.total,
+                stdout_truncated=run.stdout.truncated,
+                stderr_truncated=run.stderr.truncated,
+            ),
         )
-        del self._running[run.job_id]
-        self._record(Ended(run.job_id, self._clock.seconds(), outcome))
-        self._schedule_pump()
 
     def _process_ended(self, exit: ProcessExit, run: _Run) -> Deferred[None]:
         return Deferred.fromCoroutine(self._finish(exit, run))
 
     def _end_failed(self, failure: Failure, run: _Run) -> None:
         log.failure("recording the end of job {job_id} failed", failure, job_id=run.job_id)
+
+
+def _journal_unavailable(failure: Failure) -> Job:
+    raise ClientError(
+        "JOURNAL_UNAVAILABLE",
+        "the job could not be recorded durably; it will not run",
+        status=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

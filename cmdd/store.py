@@ -35,6 +35,19 @@ class JobStore:
         self._next_id += 1
         return job_id
 
+    def peek_next_id(self) -> int:
+        """The id the next job will get (not reserved)."""
+        return self._next_id
+
+    def reserve_ids_below(self, next_id: int) -> None:
+        """Never issue ids below C{next_id} (they were issued before a restart)."""
+        self._next_id = max(self._next_id, next_id)
+
+    def oldest_first(self) -> Iterator[Job]:
+        """Every job, oldest (lowest id) first."""
+        for job_id in list(self._ids):
+            yield self._jobs[job_id]
+
     def add_listener(self, listener: Listener) -> None:
         """Call C{listener(event, job_after)} after every recorded event."""
         self._listeners.append(listener)

@@ -30,6 +30,8 @@ from cmdd.config import (
     needs_generated_certificate,
     with_certificate,
 )
+from cmdd.history import History, Retention
+from cmdd.journal import JournalWriter, replay
 from cmdd.manager import JobManager, Limits
 from cmdd.runner import LocalExecutor
 from cmdd.spool import IOWorker
@@ -48,6 +50,10 @@ _SETTING_OPTIONS = (
     "max-body-bytes",
     "default-timeout",
     "kill-grace",
+    "journal-fsync",
+    "journal-compact-bytes",
+    "retain-days",
+    "retain-jobs",
 )
 
 
@@ -61,6 +67,11 @@ class Options(usage.Options):
     )
     optFlags = [
         ["allow-plaintext", None, "Allow plain TCP endpoints on non-loopback interfaces."],
+        [
+            "journal-recover",
+            None,
+            "Move damaged journal lines to journal.quarantine and start anyway.",
+        ],
     ]
     optParameters = [
         ["config", "c", None, "TOML config file."],
@@ -71,6 +82,21 @@ class Options(usage.Options):
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
         ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
         ["kill-grace", None, None, "Seconds between SIGTERM and SIGKILL [default: 5]."],
+        [
+            "journal-fsync",
+            None,
+            None,
+            "always: answer 202 only once the job is on disk (default); "
+            "never: UNSAFE, a power loss can lose acknowledged jobs.",
+        ],
+        [
+            "journal-compact-bytes",
+            None,
+            None,
+            "Compact the journal when it grows past this size [default: 64 MiB].",
+        ],
+        ["retain-days", None, None, "At compaction, drop finished jobs older than this."],
+        ["retain-jobs", None, None, "At compaction, keep only this many newest finished jobs."],
     ]
 
     def __init__(self) -> None:
@@ -94,6 +120,7 @@ class Options(usage.Options):
             overrides = {key.replace("-", "_"): self[key] for key in _SETTING_OPTIONS}
             overrides["listen"] = self["listen"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
+            overrides["journal_recover"] = True if self["journal-recover"] else None
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -114,6 +141,17 @@ class CmddService(MultiService):
         self._reactor = reactor
         self.io = IOWorker(reactor)
         self.store = JobStore()
+        self.journal = JournalWriter(
+            reactor, settings.journal_path, fsync=settings.journal_fsync == "always"
+        )
+        self.history = History(
+            self.store,
+            self.journal,
+            reactor,
+            compact_bytes=settings.journal_compact_bytes,
+            retention=Retention(days=settings.retain_days, jobs=settings.retain_jobs),
+            remove_outputs=lambda ids: self.manager.remove_outputs(ids),
+        )
         home = _home_directory()
         self.executor = LocalExecutor(
             reactor,
@@ -122,7 +160,7 @@ class CmddService(MultiService):
             default_directory=home,
         )
         self.manager = JobManager(
-            self.store,
+            self.history,
             self.executor,
             self.io,
             reactor,
@@ -157,6 +195,7 @@ class CmddService(MultiService):
                 fingerprint=print_,
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
+        self._restore_history()
         self.io.start()
         super().startService()
         self.manager.startService()
@@ -175,12 +214,32 @@ class CmddService(MultiService):
             data_dir=settings.data_dir,
         )
 
+    def _restore_history(self) -> None:
+        # Synchronous on purpose: this runs before the reactor does, and no
+        # request may be served before every job is back.
+        settings = self.settings
+        report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
+        self.journal.seq = report.last_seq
+        self.journal.open()
+        self.manager.adopt_history()
+        log.info(
+            "journal {path}: {records} records, {jobs} jobs, next id {next_id}",
+            path=settings.journal_path,
+            records=report.records,
+            jobs=len(self.store),
+            next_id=self.store.peek_next_id(),
+        )
+        if report.quarantined:
+            # Rewrite the journal without the quarantined lines.
+            self.history.compact()
+
     async def _stop(self) -> None:
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []
         await self.manager.stopService()
         await super().stopService()
+        await self.journal.close()
         self.io.stop()
 
     def stopService(self) -> Deferred[None]:

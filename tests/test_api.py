@@ -11,6 +11,7 @@ from fakes import FakeExecutor, InlineIO
 from twisted.internet.task import Clock
 
 from cmdd.api import CmddAPI
+from cmdd.history import History, MemoryLog
 from cmdd.manager import JobManager, Limits
 from cmdd.store import JobStore
 from cmdd.web import make_site
@@ -27,8 +28,9 @@ class Client:
         self.clock = Clock()
         self.executor = FakeExecutor()
         io = InlineIO()
+        history = History(JobStore(), MemoryLog(), self.clock)
         self.manager = JobManager(
-            JobStore(), self.executor, io, self.clock,  # type: ignore[arg-type]
+            history, self.executor, io, self.clock,  # type: ignore[arg-type]
             str(tmp_path), Limits(**limits),
         )
         self.manager.startService()

@@ -33,8 +33,8 @@ def test_life_of_a_successful_job() -> None:
     """created → queued, started → running, ended → final with timings."""
     job = created()
     assert job.state is State.QUEUED and job.created == 100.0
-    job = apply_event(job, Started(1, 101.0, pid=42))
-    assert job is not None and job.state is State.RUNNING and job.pid == 42
+    job = apply_event(job, Started(1, 101.0))
+    assert job is not None and job.state is State.RUNNING and job.started == 101.0
     outcome = Outcome(State.SUCCEEDED, exit_code=0, stdout_bytes=3)
     job = apply_event(job, Ended(1, 103.5, outcome))
     assert job is not None
@@ -56,14 +56,14 @@ def test_impossible_events_are_refused() -> None:
     with pytest.raises(InvalidTransitionError):
         apply_event(job, Created(1, 1.0, SPEC))
     with pytest.raises(InvalidTransitionError):
-        apply_event(None, Started(1, 1.0, 5))
+        apply_event(None, Started(1, 1.0))
     with pytest.raises(InvalidTransitionError):
         apply_event(job, Deleted(1, 1.0))
     with pytest.raises(InvalidTransitionError):
         apply_event(job, Ended(1, 1.0, Outcome(State.RUNNING)))
     done = apply_event(job, Ended(1, 1.0, Outcome(State.CANCELLED)))
     with pytest.raises(InvalidTransitionError):
-        apply_event(done, Started(1, 1.0, 5))
+        apply_event(done, Started(1, 1.0))
     with pytest.raises(InvalidTransitionError):
         apply_event(done, Ended(1, 1.0, Outcome(State.FAILED)))
 

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 
 from cmdd.errors import ClientError
 from cmdd.jobs import Job, State
+from cmdd.history import History, MemoryLog
 from cmdd.manager import JobManager, Limits
 from cmdd.spec import parse_spec
 from cmdd.store import JobStore
@@ -25,8 +26,10 @@ class World:
         self.executor = FakeExecutor()
         self.store = JobStore()
         self.output_dir = str(tmp_path)
+        self.log = MemoryLog()
+        self.history = History(self.store, self.log, self.clock)
         self.manager = JobManager(
-            self.store, self.executor, InlineIO(), self.clock,  # type: ignore[arg-type]
+            self.history, self.executor, InlineIO(), self.clock,  # type: ignore[arg-type]
             self.output_dir, Limits(**limits),
         )
         self.manager.startService()

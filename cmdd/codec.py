@@ -1,0 +1,147 @@
+"""The journal's line format: events to checksummed JSON lines and back.
+
+Pure: no I/O. One line is one JSON object ending in a CRC32 of everything
+before it, so a torn or corrupted line is detected instead of replayed::
+
+    {"v":1,"seq":7,"at":1795000000.5,"type":"created","job":3,"spec":{...},"crc":"1a2b3c4d"}
+
+See docs/journal.md for every event type.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from attrs import frozen
+
+from cmdd.errors import SpecError
+from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State
+from cmdd.spec import parse_spec
+
+FORMAT_VERSION = 1
+_CRC_SUFFIX_LEN = len(',"crc":"00000000"}')
+
+
+class CorruptLine(ValueError):  # noqa: N818 (reads better at the raise site)
+    """A journal line that fails its checksum or does not decode."""
+
+
+@frozen
+class Meta:
+    """First line of a compacted journal: the next id to issue."""
+
+    seq: int
+    at: float
+    next_id: int
+
+
+@frozen
+class Record:
+    """One decoded journal line: an event (or meta) and its sequence number."""
+
+    seq: int
+    item: Event | Meta
+
+
+def _event_fields(event: Event) -> dict[str, Any]:
+    if isinstance(event, Created):
+        return {"type": "created", "job": event.job_id, "spec": event.spec.to_json()}
+    if isinstance(event, Started):
+        return {"type": "started", "job": event.job_id}
+    if isinstance(event, Ended):
+        outcome = event.outcome
+        return {
+            "type": "ended",
+            "job": event.job_id,
+            "state": outcome.state.value,
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal,
+            "reason": outcome.reason,
+            "stdout_bytes": outcome.stdout_bytes,
+            "stderr_bytes": outcome.stderr_bytes,
+            "stdout_truncated": outcome.stdout_truncated,
+            "stderr_truncated": outcome.stderr_truncated,
+        }
+    return {"type": "deleted", "job": event.job_id}
+
+
+def job_events(job: Job) -> list[Event]:
+    """Events that rebuild C{job} exactly as it is (for compaction)."""
+    events: list[Event] = [Created(job.id, job.created, job.spec)]
+    if job.started is not None:
+        events.append(Started(job.id, job.started))
+    if job.outcome is not None and job.completed is not None:
+        events.append(Ended(job.id, job.completed, job.outcome))
+    return events
+
+
+def encode(seq: int, item: Event | Meta) -> bytes:
+    """One journal line (with its newline) for an event or meta record."""
+    fields: dict[str, Any] = {"v": FORMAT_VERSION, "seq": seq, "at": item.at}
+    if isinstance(item, Meta):
+        fields.update(type="meta", next_id=item.next_id)
+    else:
+        fields.update(_event_fields(item))
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    head = body[:-1]
+    crc = zlib.crc32(head)
+    return head + b',"crc":"%08x"}\n' % crc
+
+
+def decode(line: bytes) -> Record:
+    """The record a line holds (without its newline).
+
+    @raise CorruptLine: bad checksum, bad JSON, or an unknown shape.
+    """
+    if len(line) <= _CRC_SUFFIX_LEN or not line.endswith(b'"}'):
+        raise CorruptLine("line is truncated")
+    head, suffix = line[:-_CRC_SUFFIX_LEN], line[-_CRC_SUFFIX_LEN:]
+    if not suffix.startswith(b',"crc":"'):
+        raise CorruptLine("line has no checksum")
+    try:
+        expected = int(suffix[8:16], 16)
+    except ValueError:
+        raise CorruptLine("checksum is not hexadecimal") from None
+    if zlib.crc32(head) != expected:
+        raise CorruptLine("checksum mismatch")
+    try:
+        fields = json.loads(head + b"}")
+        return _record(fields)
+    except (ValueError, KeyError, TypeError, SpecError) as e:
+        raise CorruptLine(f"undecodable record: {e}") from None
+
+
+def _record(fields: dict[str, Any]) -> Record:
+    if fields["v"] != FORMAT_VERSION:
+        raise ValueError(f"unknown format version {fields['v']!r}")
+    seq, at, kind = int(fields["seq"]), float(fields["at"]), fields["type"]
+    if kind == "meta":
+        return Record(seq, Meta(seq, at, int(fields["next_id"])))
+    job_id = int(fields["job"])
+    item: Event
+    if kind == "created":
+        item = Created(job_id, at, parse_spec(fields["spec"]))
+    elif kind == "started":
+        item = Started(job_id, at)
+    elif kind == "ended":
+        item = Ended(
+            job_id,
+            at,
+            Outcome(
+                state=State(fields["state"]),
+                exit_code=fields["exit_code"],
+                signal=fields["signal"],
+                reason=fields["reason"],
+                stdout_bytes=int(fields["stdout_bytes"]),
+                stderr_bytes=int(fields["stderr_bytes"]),
+                stdout_truncated=bool(fields["stdout_truncated"]),
+                stderr_truncated=bool(fields["stderr_truncated"]),
+            ),
+        )
+    elif kind == "deleted":
+        item = Deleted(job_id, at)
+    else:
+        raise ValueError(f"unknown record type {kind!r}")
+    return Record(seq, item)
