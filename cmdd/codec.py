@@ -32,7 +32,6 @@ class CorruptLine(ValueError):  # noqa: N818 (reads better at the raise site)
 class Meta:
     """First line of a compacted journal: the next id to issue."""
 
-    seq: int
     at: float
     next_id: int
 
@@ -118,7 +117,7 @@ def _record(fields: dict[str, Any]) -> Record:
         raise ValueError(f"unknown format version {fields['v']!r}")
     seq, at, kind = int(fields["seq"]), float(fields["at"]), fields["type"]
     if kind == "meta":
-        return Record(seq, Meta(seq, at, int(fields["next_id"])))
+        return Record(seq, Meta(at, int(fields["next_id"])))
     job_id = int(fields["job"])
     item: Event
     if kind == "created":

@@ -71,6 +71,14 @@ class Retention:
         return sorted(drop)
 
 
+def load_record(store: JobStore, record: Record) -> None:
+    """Apply one replayed journal record to C{store}."""
+    if isinstance(record.item, Meta):
+        store.reserve_ids_below(record.item.next_id)
+    else:
+        store.record(record.item)
+
+
 class History:
     """The store plus its durable log, compacted when the log grows."""
 
@@ -97,10 +105,7 @@ class History:
 
     def load(self, record: Record) -> None:
         """Apply one replayed journal record (no new write)."""
-        if isinstance(record.item, Meta):
-            self.store.reserve_ids_below(record.item.next_id)
-        else:
-            self.store.record(record.item)
+        load_record(self.store, record)
 
     def record(self, event: Event) -> tuple[Job | None, Deferred[None]]:
         """Apply C{event} now; the Deferred fires once it is durable."""

@@ -8,6 +8,7 @@ so many requests share one fsync (group commit).
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,8 +50,12 @@ class ReplayReport:
     last_seq: int = 0
     next_id: int = 1
     torn_bytes: int = 0
+    torn_line: int | None = None
     quarantined: list[int] = attrs.Factory(list)
     bytes: int = 0
+
+
+Damage = Callable[[int, bytes, str], None]
 
 
 def replay(
@@ -59,14 +64,15 @@ def replay(
     *,
     recover: bool = False,
     repair: bool = True,
+    on_damage: Damage | None = None,
 ) -> ReplayReport:
     """Feed every record of the journal at C{path} to C{apply}, in order.
 
     A damaged last line (a write torn by a crash) is cut off the file (when
     C{repair}). A damaged line before the end raises L{JournalCorrupt},
-    unless C{recover}: then it is copied to the quarantine file and skipped.
-    C{apply} may raise C{ValueError} (an impossible event): such a line is
-    damaged too.
+    unless C{recover} (it is then copied to the quarantine file and skipped)
+    or C{on_damage} is given (it is told and the line skipped). C{apply} may
+    raise C{ValueError} (an impossible event): such a line is damaged too.
     """
     report = ReplayReport()
     try:
@@ -90,9 +96,13 @@ def replay(
             if bad:
                 # A good line after a bad one: the bad one was not a torn tail.
                 number, _, why = bad[0]
-                if not recover:
+                if on_damage is not None:
+                    for damaged in bad:
+                        on_damage(*damaged)
+                elif recover:
+                    _quarantine(path, bad)
+                else:
                     raise JournalCorrupt(path, number, why)
-                _quarantine(path, bad)
                 report.quarantined.extend(n for n, _, _ in bad)
                 bad = []
             report.records += 1
@@ -104,6 +114,7 @@ def replay(
     if bad:
         # Only damaged lines at the end: a torn final write. Cut it.
         report.torn_bytes = total - good_end
+        report.torn_line = bad[0][0]
         log.warn(
             "journal {path}: cut {count} damaged byte(s) at its end "
             "(line {line}: {why}; a write torn by a crash)",
@@ -136,9 +147,30 @@ def _quarantine(journal_path: str, bad: list[tuple[int, bytes, str]]) -> None:
         os.fsync(out.fileno())
 
 
+class DataDirLocked(Exception):  # noqa: N818 (reads better at the raise site)
+    """Another cmdd process is using this data directory."""
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """Take the data directory's exclusive lock; returns the fd that holds it.
+
+    Two daemons (or a daemon and an offline compaction) on one journal would
+    corrupt it; the lock makes the second one fail at once.
+    """
+    fd = os.open(os.path.join(data_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirLocked(
+            f"another cmdd process is using {data_dir} (it holds {data_dir}/lock)"
+        ) from None
+    return fd
+
+
 def snapshot_lines(jobs: Iterable[Job], seq: int, at: float, next_id: int) -> Iterable[bytes]:
     """The lines of a compacted journal holding exactly C{jobs}."""
-    yield encode(seq, Meta(seq, at, next_id))
+    yield encode(seq, Meta(at, next_id))
     for job in jobs:
         for event in job_events(job):
             yield encode(seq, event)

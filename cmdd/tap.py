@@ -31,7 +31,7 @@ from cmdd.config import (
     with_certificate,
 )
 from cmdd.history import History, Retention
-from cmdd.journal import JournalWriter, replay
+from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.manager import JobManager, Limits
 from cmdd.runner import LocalExecutor
 from cmdd.spool import IOWorker
@@ -183,6 +183,12 @@ class CmddService(MultiService):
         settings = self.settings
         os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
         os.makedirs(settings.output_dir, mode=0o700, exist_ok=True)
+        try:
+            self._lock = lock_data_dir(settings.data_dir)
+            self._restore_history()
+        except (DataDirLocked, JournalCorrupt) as e:
+            log.critical("cannot start: {why}", why=str(e))
+            raise SystemExit(f"cmdd: {e}") from None
         descriptions = settings.listen
         if needs_generated_certificate(descriptions):
             cert, key, created = ensure_self_signed(settings.tls_dir)
@@ -195,7 +201,6 @@ class CmddService(MultiService):
                 fingerprint=print_,
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
-        self._restore_history()
         self.io.start()
         super().startService()
         self.manager.startService()
