@@ -1,0 +1,718 @@
+"""Integration: the real daemon (C{twistd -n cmdd}) driven by the real C{curl}.
+
+Each daemon is a subprocess of the venv's C{twistd} on free loopback ports,
+stopped with SIGTERM (then SIGKILL) when its fixture ends. The requests are
+the ones the README shows, e.g.::
+
+    curl -sk --json '{"command":"echo привет"}' https://127.0.0.1:8443/api/jobs
+
+Every subprocess call has a timeout and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+CURL = shutil.which("curl") or ""
+if not CURL:  # pragma: no cover - the README's examples need curl
+    pytest.skip("curl is not installed", allow_module_level=True)
+
+#: Seconds between SIGTERM and SIGKILL for the daemons started here.
+KILL_GRACE = 1.0
+#: Largest request body of the shared daemon.
+MAX_BODY = 4096
+#: A job that runs until the test creates its gate file (bounded by its timeout).
+GATED = "while [ ! -e '{gate}' ]; do sleep 0.05; done; {then}"
+
+
+# --- processes and /proc --------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback TCP ports that were free a moment ago."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll C{predicate} until it returns something true, at most C{timeout} s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgrp) of a process from C{/proc}, or C{None}."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2])
+
+
+def is_alive(pid: int) -> bool:
+    """Whether C{pid} exists and has not exited (a zombie has exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat_ = proc_stat(pid)
+    return stat_ is not None and stat_[0] not in ("Z", "X", "x")
+
+
+def living_in_group(pgid: int) -> list[int]:
+    """Live processes whose process group is C{pgid}."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat_ = proc_stat(int(entry))
+            if stat_ is not None and stat_[2] == pgid and stat_[0] not in ("Z", "X", "x"):
+                members.append(int(entry))
+    return members
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is C{pid}."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat_ = proc_stat(int(entry))
+            if stat_ is not None and stat_[1] == pid:
+                found.append(int(entry))
+    return found
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid a job wrote to C{path}, once completely written."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+# --- curl -------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    """What curl received: the final status, headers and the raw body bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON (it must be UTF-8)."""
+        return json.loads(self.body.decode("utf-8"))
+
+    def error_code(self) -> str:
+        """The C{error.code} of a JSON error body."""
+        assert self.headers.get("content-type", "").startswith("application/json"), self
+        code: str = self.json()["error"]["code"]
+        return code
+
+
+def curl(*args: str, check: bool = True) -> Response:
+    """Run curl with C{args}; parse the status line, headers and body."""
+    command = [CURL, "-sS", "--noproxy", "*", "--max-time", "20", "-D", "-", *args]
+    done = subprocess.run(command, capture_output=True, timeout=30, check=False)
+    if check:
+        assert done.returncode == 0, (done.returncode, done.stderr.decode(errors="replace"))
+    rest = done.stdout
+    status, headers = 0, dict[str, str]()
+    # -D - writes every response's header block (a 100 Continue, each redirect
+    # followed with -L) before the last response's body: keep the last block.
+    while rest.startswith(b"HTTP/"):
+        block, _, rest = rest.partition(b"\r\n\r\n")
+        lines = block.decode("iso-8859-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return Response(status, headers, rest)
+
+
+# --- the daemon -------------------------------------------------------------------
+
+
+class Daemon:
+    """A running C{twistd -n cmdd} subprocess."""
+
+    #: Its data directory, when the test needs to look inside.
+    data_dir: Path
+
+    def __init__(self, process: subprocess.Popen[bytes], ports: list[int], log: Path) -> None:
+        self.process = process
+        self.ports = ports
+        self.port = ports[0]
+        self.log = log
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """The daemon's https URL for C{path}."""
+        return f"https://{host}:{self.port}{path}"
+
+    def log_text(self) -> str:
+        """What the daemon logged so far."""
+        return self.log.read_text(errors="replace")
+
+    def submit(self, body: dict[str, Any]) -> Response:
+        """POST a job as the README shows."""
+        return curl("-k", "--json", json.dumps(body, ensure_ascii=False), self.url("/api/jobs"))
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """GET /api/jobs/{id} as JSON."""
+        response = curl("-k", self.url(f"/api/jobs/{job_id}"))
+        assert response.status == 200, response
+        job: dict[str, Any] = response.json()
+        return job
+
+    def wait_final(self, job_id: int, timeout: float = 20) -> Response:
+        """Poll the status until it redirects (303) to the result."""
+        done: Response = wait_until(
+            lambda: (r := curl("-k", self.url(f"/api/statuses/{job_id}"))).status == 303 and r,
+            timeout,
+            f"job {job_id} to finish",
+        )
+        return done
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, wait; SIGKILL (and kill the jobs' groups) if it will not stop."""
+        if self.process.poll() is None:
+            children = children_of(self.process.pid)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+                for child in children:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child, signal.SIGKILL)
+        return self.process.returncode
+
+
+def launch(
+    workdir: Path,
+    arguments: Callable[[list[int]], list[str]],
+    port_count: int = 1,
+    ports: list[int] | None = None,
+) -> Daemon:
+    """Start C{twistd -n --pidfile= cmdd ARGS} and wait until every port accepts.
+
+    C{arguments} receives the ports: C{ports} if given, else free ones; a
+    free port taken in between (another process won the race) means a retry
+    with new ports.
+    """
+    fixed = ports
+    for attempt in range(1 if fixed else 3):
+        ports = fixed or free_ports(port_count)
+        log = workdir / f"twistd-{attempt}.log"
+        with open(log, "wb") as log_file:
+            process = subprocess.Popen(
+                [TWISTD, "-n", "--pidfile=", "cmdd", *arguments(ports)],
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Its own process group, as under systemd: never the test runner's.
+                start_new_session=True,
+            )
+        daemon = Daemon(process, ports, log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            if all(_accepts(port) for port in ports):
+                return daemon
+            time.sleep(0.05)
+        daemon.stop()
+        if "Address already in use" not in daemon.log_text():
+            break
+    raise AssertionError(f"twistd did not start serving:\n{daemon.log_text()}")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon shared by the request/response tests of this module."""
+    workdir = tmp_path_factory.mktemp("daemon")
+    running = launch(
+        workdir,
+        lambda ports: [
+            "--data-dir",
+            str(workdir / "data"),
+            "--listen",
+            f"ssl:{ports[0]}:interface=127.0.0.1",
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--kill-grace",
+            str(KILL_GRACE),
+        ],
+    )
+    running.data_dir = workdir / "data"
+    yield running
+    running.stop()
+
+
+# --- submitting and reading results ----------------------------------------------
+
+
+def test_job_round_trip_with_utf8_output(daemon: Daemon, tmp_path: Path) -> None:
+    """POST answers 202 + Location; the status is 200 until done, then 303 to a
+    result whose stdout is raw UTF-8 with exit code, duration and timestamps."""
+    gate = tmp_path / "gate"
+    submitted = daemon.submit(
+        {"command": GATED.format(gate=gate, then="echo привет"), "timeout": 60}
+    )
+    assert submitted.status == 202, submitted
+    job_id = submitted.json()["id"]
+    assert submitted.headers["location"] == f"/api/statuses/{job_id}"
+    assert submitted.json()["state"] in ("queued", "running")
+
+    pending = curl("-k", daemon.url(f"/api/statuses/{job_id}"))
+    assert pending.status == 200
+    assert pending.json()["done"] is False
+    not_ready = curl("-k", daemon.url(f"/api/results/{job_id}"))
+    assert not_ready.status == 404 and not_ready.error_code() == "RESULT_NOT_READY"
+
+    gate.touch()
+    done = daemon.wait_final(job_id)
+    assert done.headers["location"] == f"/api/results/{job_id}"
+    assert done.json()["done"] is True
+
+    result = curl("-k", daemon.url(f"/api/results/{job_id}"))
+    assert result.status == 200
+    assert result.headers["content-type"] == "application/json; charset=utf-8"
+    assert "привет".encode() in result.body, "UTF-8 text is sent as is"
+    assert b"\\u043f" not in result.body.lower(), "no \\u escapes for Cyrillic"
+    body = result.json()
+    assert body["stdout"] == "привет\n"
+    assert body["stderr"] == ""
+    assert body["exit_code"] == 0
+    assert body["state"] == "succeeded"
+    assert isinstance(body["duration"], float) and body["duration"] >= 0
+    started = datetime.fromisoformat(body["started"].replace("Z", "+00:00"))
+    completed = datetime.fromisoformat(body["completed"].replace("Z", "+00:00"))
+    assert body["started"].endswith("Z") and body["completed"].endswith("Z")
+    assert started <= completed
+
+    followed = curl("-k", "-L", daemon.url(f"/api/statuses/{job_id}"))
+    assert followed.status == 200
+    assert followed.json()["stdout"] == "привет\n", "curl -L lands on the result"
+
+
+def test_undecodable_output_bytes_do_not_break_the_result(daemon: Daemon) -> None:
+    """Output that is not UTF-8 comes back replaced in JSON and exact as raw bytes."""
+    submitted = daemon.submit({"command": r"printf 'ok \377\376\n'; printf 'x\200' >&2"})
+    assert submitted.status == 202
+    job_id = submitted.json()["id"]
+    daemon.wait_final(job_id)
+    result = curl("-k", daemon.url(f"/api/results/{job_id}"))
+    assert result.status == 200
+    assert result.json()["stdout"] == "ok \ufffd\ufffd\n"
+    assert result.json()["stderr"] == "x\ufffd"
+    raw = curl("-k", daemon.url(f"/api/jobs/{job_id}/output/stdout"))
+    assert raw.status == 200
+    assert raw.body == b"ok \xff\xfe\n"
+
+
+# --- TLS and the data directory ---------------------------------------------------
+
+
+def test_generated_certificate_and_private_files(daemon: Daemon) -> None:
+    """A fresh start generates a certificate; the key and data dir are private."""
+    data_dir = daemon.data_dir
+    cert = data_dir / "tls" / "cert.pem"
+    key = data_dir / "tls" / "key.pem"
+    assert cert.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert b"PRIVATE KEY" in key.read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "tls").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "output").stat().st_mode) == 0o700
+    assert "fingerprint" in daemon.log_text()
+
+
+def test_curl_verifies_the_generated_certificate(daemon: Daemon) -> None:
+    """Clients can pin the generated certificate: curl --cacert verifies localhost."""
+    data_dir = daemon.data_dir
+    cert = str(data_dir / "tls" / "cert.pem")
+    verified = curl("--cacert", cert, daemon.url("/healthz", host="localhost"))
+    assert verified.status == 200
+    assert verified.json()["status"] == "ok"
+    by_address = curl("--cacert", cert, daemon.url("/healthz"))
+    assert by_address.status == 200
+    unverified = subprocess.run(
+        [CURL, "-sS", "--noproxy", "*", "--max-time", "20", daemon.url("/healthz")],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert unverified.returncode == 60, "without --cacert the self-signed cert is refused"
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, code",
+    [
+        ("/api/jobs/987654", "JOB_NOT_FOUND"),
+        ("/api/statuses/987654", "JOB_NOT_FOUND"),
+        ("/api/results/987654", "JOB_NOT_FOUND"),
+        ("/api/jobs/not-a-number", "JOB_NOT_FOUND"),
+        ("/api/nothing-here", "ROUTE_NOT_FOUND"),
+    ],
+)
+def test_unknown_resources_are_json_404(daemon: Daemon, path: str, code: str) -> None:
+    """Unknown ids and paths answer 404 with a JSON error, not an HTML page."""
+    response = curl("-k", daemon.url(path))
+    assert response.status == 404
+    assert response.error_code() == code
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("PUT", "/api/jobs", {"GET", "POST"}),
+        ("DELETE", "/api/jobs", {"GET", "POST"}),
+        ("POST", "/api/statuses/1", {"GET"}),
+    ],
+)
+def test_wrong_method_is_405_with_allow(
+    daemon: Daemon, method: str, path: str, allowed: set[str]
+) -> None:
+    """A method a resource does not support answers 405 and lists what it does."""
+    response = curl("-k", "-X", method, daemon.url(path))
+    assert response.status == 405
+    assert response.error_code() == "METHOD_NOT_ALLOWED"
+    listed = {name.strip() for name in response.headers["allow"].split(",")}
+    assert allowed <= listed
+    assert method not in listed
+
+
+def test_form_body_is_415(daemon: Daemon) -> None:
+    """A body that is not JSON (an HTML form post) answers 415."""
+    response = curl("-k", "-d", "command=echo hi", daemon.url("/api/jobs"))
+    assert response.status == 415
+    assert response.error_code() == "UNSUPPORTED_MEDIA_TYPE"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_the_limit_is_413(daemon: Daemon, tmp_path: Path, chunked: bool) -> None:
+    """A body larger than --max-body-bytes answers 413, and the daemon carries on."""
+    body = tmp_path / "big.json"
+    body.write_text(json.dumps({"command": "echo " + "x" * (MAX_BODY + 10)}))
+    extra = ["-H", "Transfer-Encoding: chunked"] if chunked else []
+    response = curl(
+        "-k",
+        "-H",
+        "Content-Type: application/json",
+        *extra,
+        "--data-binary",
+        f"@{body}",
+        daemon.url("/api/jobs"),
+    )
+    assert response.status == 413
+    assert response.error_code() == "BODY_TOO_LARGE"
+    assert curl("-k", daemon.url("/healthz")).status == 200
+
+
+def test_invalid_utf8_body_is_400_invalid_json(daemon: Daemon, tmp_path: Path) -> None:
+    """A JSON body with bytes that are not UTF-8 answers 400 INVALID_JSON."""
+    body = tmp_path / "latin1.json"
+    body.write_bytes(b'{"command": "echo \xff\xfe caf\xe9"}')
+    response = curl(
+        "-k",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        f"@{body}",
+        daemon.url("/api/jobs"),
+    )
+    assert response.status == 400
+    assert response.error_code() == "INVALID_JSON"
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ('{"command": "echo', "INVALID_JSON"),
+        ("", "INVALID_JSON"),
+        ("[1, 2]", "BODY_NOT_OBJECT"),
+        ('{"command": "cat", "stdin": "\\ud800"}', "INVALID_STDIN"),
+        ('{"command": "env", "environment": {"A": "\\udc80"}}', "INVALID_ENVIRONMENT"),
+        ("{}", "COMMAND_MISSING"),
+    ],
+    ids=["truncated", "empty", "array", "surrogate-stdin", "surrogate-env", "no-command"],
+)
+def test_bad_json_bodies_are_400(daemon: Daemon, body: str, code: str) -> None:
+    """Bodies that are not a valid job answer 400 with one code per cause."""
+    response = curl("-k", "--json", body, daemon.url("/api/jobs"))
+    assert response.status == 400, response
+    assert response.error_code() == code
+
+
+# --- start-up refusals, shutdown and the config file ---------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:{port}:interface=0.0.0.0", "tcp:{port}"])
+def test_plaintext_on_all_interfaces_is_refused(tmp_path: Path, endpoint: str) -> None:
+    """twistd refuses to serve plain HTTP beyond loopback without --allow-plaintext."""
+    (port,) = free_ports(1)
+    description = endpoint.format(port=port)
+    done = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "cmdd",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            description,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        start_new_session=True,
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode != 0
+    assert description in output
+    assert "plaintext" in output and "--allow-plaintext" in output
+    assert not _accepts(port)
+    assert not (tmp_path / "data").exists(), "nothing is created on a refused start"
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["echo $$ > '{ready}'; sleep 600", "trap '' TERM; echo $$ > '{ready}'; sleep 600"],
+    ids=["sleep", "ignores-sigterm"],
+)
+def test_sigterm_stops_the_daemon_and_its_jobs(tmp_path: Path, command: str) -> None:
+    """SIGTERM to twistd ends running jobs (TERM, grace, KILL) and exits promptly,
+    leaving no job process behind."""
+    daemon = launch(
+        tmp_path,
+        lambda ports: [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            f"ssl:{ports[0]}:interface=127.0.0.1",
+            "--kill-grace",
+            str(KILL_GRACE),
+        ],
+    )
+    try:
+        ready = tmp_path / "ready"
+        submitted = daemon.submit({"command": command.format(ready=ready)})
+        assert submitted.status == 202
+        pgid = wait_until(lambda: read_pid_file(ready), 15, "the job to start")
+        members = wait_until(
+            lambda: len(group := living_in_group(pgid)) >= 2 and group, 10, "the sleep"
+        )
+        assert pgid in children_of(daemon.process.pid)
+        asked = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        returncode = daemon.process.wait(KILL_GRACE + 10)
+        elapsed = time.monotonic() - asked
+    finally:
+        daemon.stop()
+    # twistd re-raises the signal that stopped it once shutdown is complete.
+    assert returncode in (0, -signal.SIGTERM), daemon.log_text()
+    assert "Server Shut Down." in daemon.log_text()
+    assert elapsed < KILL_GRACE + 5
+    wait_until(lambda: not living_in_group(pgid), 5, f"job group {pgid} to be gone")
+    assert not any(is_alive(pid) for pid in members)
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_config_file_sets_listen_and_max_running(tmp_path: Path) -> None:
+    """A TOML --config sets the data dir, several listeners and max_running."""
+    config = tmp_path / "cmdd.toml"
+    data_dir = tmp_path / "from-config"
+
+    def arguments(ports: list[int]) -> list[str]:
+        config.write_text(
+            "[cmdd]\n"
+            f"data_dir = '{data_dir}'\n"
+            f"listen = ['ssl:{ports[0]}:interface=127.0.0.1',"
+            f" 'tcp:{ports[1]}:interface=127.0.0.1']\n"
+            "max_running = 1\n"
+            f"kill_grace = {KILL_GRACE}\n"
+        )
+        return ["--config", str(config)]
+
+    daemon = launch(tmp_path, arguments, port_count=2)
+    try:
+        gate = tmp_path / "gate"
+        job = {"command": GATED.format(gate=gate, then="echo done"), "timeout": 60}
+        first = daemon.submit(job).json()["id"]
+        second = daemon.submit(job).json()["id"]
+        wait_until(lambda: daemon.job(first)["state"] == "running", 15, "the first job")
+        for _ in range(5):
+            health = curl("-k", daemon.url("/healthz")).json()
+            assert (health["running"], health["queued"]) == (1, 1)
+            assert daemon.job(second)["state"] == "queued"
+            time.sleep(0.1)
+        plain = curl(f"http://127.0.0.1:{daemon.ports[1]}/healthz")
+        assert plain.status == 200, "plain HTTP on loopback is allowed"
+        gate.touch()
+        daemon.wait_final(first)
+        daemon.wait_final(second)
+        first_job, second_job = daemon.job(first), daemon.job(second)
+    finally:
+        daemon.stop()
+    assert first_job["state"] == second_job["state"] == "succeeded"
+    assert second_job["started"] >= first_job["completed"]
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert (data_dir / "tls" / "cert.pem").exists()
+
+
+def _serving(data_dir: Path, **extra: str) -> Callable[[list[int]], list[str]]:
+    """twistd arguments for a daemon on C{data_dir} and the first port."""
+
+    def arguments(ports: list[int]) -> list[str]:
+        options = ["--data-dir", str(data_dir), "--listen", f"ssl:{ports[0]}:interface=127.0.0.1"]
+        options += ["--kill-grace", str(KILL_GRACE)]
+        for name, value in extra.items():
+            options += [f"--{name.replace('_', '-')}", value]
+        return options
+
+    return arguments
+
+
+def test_history_survives_restarts_and_ids_are_never_reused(tmp_path: Path) -> None:
+    """Results are still there after a restart, and a deleted job's id is not reissued."""
+    data_dir = tmp_path / "data"
+    first = launch(tmp_path, _serving(data_dir))
+    try:
+        job_id = first.submit({"command": "echo привет"}).json()["id"]
+        first.wait_final(job_id)
+        before = curl("-k", first.url(f"/api/results/{job_id}")).json()
+        doomed = first.submit({"command": "true"}).json()["id"]
+        first.wait_final(doomed)
+        assert curl("-k", "-X", "DELETE", first.url(f"/api/jobs/{doomed}")).status == 204
+    finally:
+        first.stop()
+
+    second = launch(tmp_path, _serving(data_dir))
+    try:
+        after = curl("-k", second.url(f"/api/results/{job_id}"))
+        assert after.status == 200
+        assert after.json() == before
+        assert curl("-k", second.url(f"/api/jobs/{doomed}")).status == 404
+        new_id = second.submit({"command": "true"}).json()["id"]
+    finally:
+        second.stop()
+    assert new_id > doomed > job_id
+
+
+def test_after_a_crash_running_jobs_are_lost_and_queued_jobs_run(tmp_path: Path) -> None:
+    """After twistd is SIGKILLed, a restart on the same port and data dir marks the
+    job that was running lost (never re-run) and runs the job that was queued."""
+    data_dir = tmp_path / "data"
+    ready = tmp_path / "ready"
+    crashed = launch(tmp_path, _serving(data_dir, max_running="1"))
+    orphan_group = None
+    try:
+        running_id = crashed.submit({"command": f"echo $$ >> '{ready}'; sleep 600"}).json()["id"]
+        queued_id = crashed.submit({"command": "echo ran after restart"}).json()["id"]
+        orphan_group = wait_until(lambda: read_pid_file(ready), 15, "the job to start")
+        assert crashed.job(queued_id)["state"] == "queued"
+        crashed.process.kill()
+        crashed.process.wait(10)
+
+        # The orphaned job still runs; it must hold neither the port nor the lock.
+        assert living_in_group(orphan_group)
+        restarted = launch(tmp_path, _serving(data_dir), ports=crashed.ports)
+        try:
+            lost = restarted.job(running_id)
+            assert lost["state"] == "lost"
+            restarted.wait_final(queued_id)
+            result = curl("-k", restarted.url(f"/api/results/{queued_id}")).json()
+            assert result["state"] == "succeeded"
+            assert result["stdout"] == "ran after restart\n"
+            assert curl("-k", restarted.url(f"/api/results/{running_id}")).json()["state"] == (
+                "lost"
+            )
+        finally:
+            restarted.stop()
+    finally:
+        crashed.stop()
+        if orphan_group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan_group, signal.SIGKILL)
+    assert ready.read_text().count("\n") == 1, "the lost job was not run again"
+
+
+def test_second_daemon_on_the_same_data_dir_refuses_to_start(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Two daemons never share a data directory: the second exits with a clear message."""
+    (port,) = free_ports(1)
+    done = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "cmdd",
+            "--data-dir",
+            str(daemon.data_dir),
+            "--listen",
+            f"ssl:{port}:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        start_new_session=True,
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode != 0
+    assert "another cmdd process is using" in output
+    assert not _accepts(port)
+    assert curl("-k", daemon.url("/healthz")).status == 200, "the first one carries on"
