@@ -50,6 +50,7 @@ class _Run:
     timeout_call: IDelayedCall | None = None
     kill_call: IDelayedCall | None = None
     cancel_reason: str | None = None
+    cancelled_by: str | None = None
     timed_out: bool = False
 
 
@@ -112,7 +113,7 @@ class JobManager(Service):
 
     # --- commands ----------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> Deferred[Job]:
+    def submit(self, spec: JobSpec, owner: str = "admin") -> Deferred[Job]:
         """Accept a job; the Deferred fires once its creation is durable.
 
         @raise ClientError: 503 while stopping or when the queue is full.
@@ -134,7 +135,7 @@ class JobManager(Service):
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         job, durable = self.history.record(
-            Created(self.store.allocate_id(), self._clock.seconds(), spec)
+            Created(self.store.allocate_id(), self._clock.seconds(), spec, owner)
         )
         assert job is not None
         self.submitted_total += 1
@@ -144,8 +145,10 @@ class JobManager(Service):
         self._schedule_pump()
         return durable.addCallbacks(lambda _: job, _journal_unavailable)
 
-    def cancel(self, job_id: int, reason: str = "cancelled by request") -> Deferred[Job]:
+    def cancel(self, job_id: int, by: str | None = None) -> Deferred[Job]:
         """Cancel a queued or running job; fires with the job once it is final.
+
+        C{by} (who asked) is kept in the job's outcome for the audit trail.
 
         @raise ClientError: 404 unknown job, 409 already finished.
         """
@@ -156,19 +159,20 @@ class JobManager(Service):
                 f"job {job_id} already ended ({job.state.value})",
                 status=409,
             )
+        reason = f"cancelled by {by}" if by else "cancelled by request"
         run = self._running.get(job_id)
         if run is None:
             self._queue.remove(job_id)
-            self.history.record(
-                Ended(job_id, self._clock.seconds(), Outcome(State.CANCELLED, reason=reason))
-            )
-        else:
-            run.cancel_reason = run.cancel_reason or reason
+            outcome = Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
+            self.history.record(Ended(job_id, self._clock.seconds(), outcome))
+        elif run.cancel_reason is None:
+            run.cancel_reason = reason
+            run.cancelled_by = by
             self._terminate(run)
         return self.when_final(job_id)
 
-    def delete(self, job_id: int) -> Deferred[None]:
-        """Remove a finished job and its output files.
+    def delete(self, job_id: int, by: str | None = None) -> Deferred[None]:
+        """Remove a finished job and its output files (C{by}: who asked).
 
         @raise ClientError: 404 unknown job, 409 not finished yet.
         """
@@ -179,7 +183,7 @@ class JobManager(Service):
                 f"job {job_id} is {job.state.value}; cancel it before deleting",
                 status=409,
             )
-        _, durable = self.history.record(Deleted(job_id, self._clock.seconds()))
+        _, durable = self.history.record(Deleted(job_id, self._clock.seconds(), by))
         # Files go only once the deletion is durable: a crash in between must
         # not leave a job whose output is missing.
         return durable.addCallback(lambda _: self.remove_outputs([job_id]))
@@ -269,7 +273,10 @@ class JobManager(Service):
 
     def _spawn(self, run: _Run) -> None:
         if run.cancel_reason is not None:
-            self._end(run, Outcome(State.CANCELLED, reason=run.cancel_reason))
+            outcome = Outcome(
+                State.CANCELLED, reason=run.cancel_reason, cancelled_by=run.cancelled_by
+            )
+            self._end(run, outcome)
             return
         job = self.get(run.job_id)
         cap = self.limits.max_output_bytes
@@ -343,6 +350,7 @@ class JobManager(Service):
                 stderr_bytes=run.stderr.total,
                 stdout_truncated=run.stdout.truncated,
                 stderr_truncated=run.stderr.truncated,
+                cancelled_by=run.cancelled_by,
             ),
         )
 

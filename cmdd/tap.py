@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.procutils import which
 
 from cmdd import __version__
+from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
+from cmdd.auth import AuthGate, FailureThrottle, make_portal
 from cmdd.config import (
     ConfigError,
     Settings,
@@ -37,9 +41,13 @@ from cmdd.runner import LocalExecutor
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
 from cmdd.tls import ensure_self_signed, fingerprint
+from cmdd.users import UserError
 from cmdd.web import make_site
 
 log = Logger()
+
+#: How often the users file is checked for changes (a stat call).
+USERS_POLL_SECONDS = 2.0
 
 
 _SETTING_OPTIONS = (
@@ -173,10 +181,13 @@ class CmddService(MultiService):
                 kill_grace=settings.kill_grace,
             ),
         )
-        self.api = CmddAPI(self.manager, deferToThread)
-        self.site = make_site(
-            self.api.app.resource(), settings.max_body_bytes, settings.idle_timeout
-        )
+        self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
+        self.api = CmddAPI(self.manager, deferToThread, self.accounts)
+        portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
+        self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(reactor))
+        self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
+        self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
+        self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
 
     def startService(self) -> None:
@@ -186,7 +197,8 @@ class CmddService(MultiService):
         try:
             self._lock = lock_data_dir(settings.data_dir)
             self._restore_history()
-        except (DataDirLocked, JournalCorrupt) as e:
+            self.accounts.load()
+        except (DataDirLocked, JournalCorrupt, UserError) as e:
             log.critical("cannot start: {why}", why=str(e))
             raise SystemExit(f"cmdd: {e}") from None
         descriptions = settings.listen
@@ -202,6 +214,8 @@ class CmddService(MultiService):
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
         self.io.start()
+        self._users_watch.start(USERS_POLL_SECONDS, now=False)
+        signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
         self.manager.startService()
         for description in descriptions:
@@ -238,7 +252,18 @@ class CmddService(MultiService):
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
 
+    def _sighup(self, signum: int, frame: object) -> None:
+        # Signal handlers run between bytecodes; do the work in the reactor.
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Re-read what an operator may change without a restart (SIGHUP)."""
+        log.info("SIGHUP: reloading users")
+        self.accounts.reload_users()
+
     async def _stop(self) -> None:
+        if self._users_watch.running:
+            self._users_watch.stop()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []

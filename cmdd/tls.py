@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cmdd.files import write_private_file
+
 CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"
 
@@ -55,7 +57,7 @@ def ensure_self_signed(tls_dir: str, days: int = 825) -> tuple[str, str, bool]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(
+    write_private_file(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -63,16 +65,5 @@ def ensure_self_signed(tls_dir: str, days: int = 825) -> tuple[str, str, bool]:
             serialization.NoEncryption(),
         ),
     )
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path, True
-
-
-def _write_private(path: str, data: bytes) -> None:
-    # Written to a temporary name and renamed, so a crash never leaves half a key.
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)

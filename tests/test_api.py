@@ -10,10 +10,14 @@ import pytest
 from fakes import FakeExecutor, InlineIO
 from twisted.internet.task import Clock
 
+from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
+from cmdd.auth import AuthGate, FailureThrottle, make_portal
 from cmdd.history import History, MemoryLog
 from cmdd.manager import JobManager, Limits
 from cmdd.store import JobStore
+from cmdd.tokens import issue
+from cmdd.users import User, hash_password, write_users
 from cmdd.web import make_site
 
 JSON = {"Content-Type": "application/json"}
@@ -34,17 +38,36 @@ class Client:
             str(tmp_path), Limits(**limits),
         )
         self.manager.startService()
-        api = CmddAPI(self.manager, io.run)
-        self.treq = StubTreq(api.app.resource())
+        self.accounts = Accounts(str(tmp_path), self.clock, io.run)
+        self.accounts.load()
+        self.admin_token = (tmp_path / "admin.token").read_text().strip()
+        self.token = self.admin_token
+        self.api = CmddAPI(self.manager, io.run, self.accounts)
+        portal = make_portal(self.accounts.users, self.accounts.book_view, self.clock, io.run)
+        self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(self.clock))
+        self.treq = StubTreq(self.gate)
         # Serve through cmdd's own request class, as the daemon does.
-        site = make_site(api.app.resource(), max_body=4096, idle_timeout=60)
+        site = make_site(self.gate, max_body=4096, idle_timeout=60)
         self.treq._agent._serverFactory.requestFactory = site.requestFactory
+
+    def add_user(self, name: str, role: str = "user", password: str = "secret") -> str:
+        """Create a user (cheap hash, for speed) and return a bearer token for it."""
+        users = dict(self.accounts.users())
+        users[name] = User(name, role, hash_password(password, n=2**4))
+        write_users(self.accounts.users_path, users)
+        self.accounts.reload_users()
+        token, secret = issue(name, self.clock.seconds(), 3600)
+        self.accounts.book.add(token)
+        return secret
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[Any, bytes]:
         if raw is None and body is not None:
             raw = json.dumps(body, ensure_ascii=False).encode("utf-8")
             headers = {**JSON, **(headers or {})}
+        headers = dict(headers or {})
+        if self.token is not None:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
         results: list[Any] = []
         d = self.treq.request(method, "http://cmdd.test" + path, data=raw, headers=headers,
                               allow_redirects=False)
@@ -132,7 +155,7 @@ def test_pagination_with_next_link(client: Client) -> None:
     assert [j["id"] for j in listing["jobs"]] == [2]
     assert listing["next"] == "/api/jobs?limit=1&cursor=2"
     assert headers.getRawHeaders("link") == ['</api/jobs?limit=1&cursor=2>; rel="next"']
-    code, listing, _ = client.json("GET", listing["next"])
+    _code, listing, _ = client.json("GET", listing["next"])
     assert [j["id"] for j in listing["jobs"]] == [1] and listing["next"] is None
 
 
@@ -159,7 +182,8 @@ def test_cancel_with_patch(client: Client) -> None:
     client.clock.advance(0)
     results: list[Any] = []
     d = client.treq.request(
-        "PATCH", "http://cmdd.test/api/jobs/1", data=b'{"status": "cancelled"}', headers=JSON
+        "PATCH", "http://cmdd.test/api/jobs/1", data=b'{"status": "cancelled"}',
+        headers={**JSON, "Authorization": f"Bearer {client.token}"},
     )
     d.addCallback(client.treq.json_content).addCallback(results.append)
     client.treq.flush()
