@@ -152,7 +152,7 @@ def test_pagination_with_next_link(client: Client) -> None:
     for _ in range(2):
         client.json("POST", "/api/jobs", {"command": "true"})
     code, listing, headers = client.json("GET", "/api/jobs?limit=1")
-    assert [j["id"] for j in listing["jobs"]] == [2]
+    assert code == 200 and [j["id"] for j in listing["jobs"]] == [2]
     assert listing["next"] == "/api/jobs?limit=1&cursor=2"
     assert headers.getRawHeaders("link") == ['</api/jobs?limit=1&cursor=2>; rel="next"']
     _code, listing, _ = client.json("GET", listing["next"])

@@ -11,8 +11,8 @@ from fakes import FakeExecutor, InlineIO
 from twisted.internet.task import Clock
 
 from cmdd.errors import ClientError
-from cmdd.jobs import Job, State
 from cmdd.history import History, MemoryLog
+from cmdd.jobs import Job, State
 from cmdd.manager import JobManager, Limits
 from cmdd.spec import parse_spec
 from cmdd.store import JobStore
