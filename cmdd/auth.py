@@ -28,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import Attribute, Interface, implementer
 
 from cmdd.errors import ClientError
+from cmdd.tls import peer_common_name
 from cmdd.tokens import TokenBook
 from cmdd.users import User, verify_password
 from cmdd.web import respond_json
@@ -248,11 +249,20 @@ class AuthGate(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner: IResource, portal: Portal, throttle: FailureThrottle) -> None:
+    def __init__(
+        self,
+        inner: IResource,
+        portal: Portal,
+        throttle: FailureThrottle,
+        users: Users = dict,
+        client_certificates: bool = False,
+    ) -> None:
         super().__init__()
         self._inner = inner
         self._portal = portal
         self._throttle = throttle
+        self._users = users
+        self._client_certificates = client_certificates
 
     def render(self, request: IRequest) -> Any:
         if request.path in PUBLIC_PATHS:
@@ -271,8 +281,16 @@ class AuthGate(Resource):
                 status=429,
                 headers={"Retry-After": str(max(1, int(wait + 0.999)))},
             )
+        header = request.getHeader("authorization")
+        if not header and self._client_certificates:
+            # Mutual TLS: the handshake verified the certificate against the
+            # client CA; its common name names the cmdd user.
+            name = peer_common_name(getattr(request, "transport", None))
+            user = self._users().get(name) if name else None
+            if user is not None:
+                return Principal(user.name, user.role)
         basic_allowed = (request.method, request.path) in BASIC_PATHS
-        credentials = parse_authorization(request.getHeader("authorization"), basic_allowed)
+        credentials = parse_authorization(header, basic_allowed)
         try:
             _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
         except UnauthorizedLogin:

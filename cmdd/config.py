@@ -41,6 +41,7 @@ class Settings:
     journal_compact_bytes: int = 64 * MIB
     retain_days: float | None = None
     retain_jobs: int | None = None
+    client_ca: str | None = None
 
     @property
     def journal_path(self) -> str:
@@ -69,7 +70,7 @@ _INTS = (
 _FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "retain_days")
 _BOOLS = ("allow_plaintext", "journal_recover")
 FSYNC_MODES = ("always", "never")
-KEYS = frozenset({"data_dir", "listen", "journal_fsync", *_BOOLS, *_INTS, *_FLOATS})
+KEYS = frozenset({"data_dir", "listen", "journal_fsync", "client_ca", *_BOOLS, *_INTS, *_FLOATS})
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -111,6 +112,10 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
             if not isinstance(merged[key], bool):
                 raise ConfigError(f"{key} must be true or false")
             values[key] = merged[key]
+    if "client_ca" in merged:
+        if not isinstance(merged["client_ca"], str) or not merged["client_ca"]:
+            raise ConfigError("client_ca must be the path of a PEM file")
+        values["client_ca"] = os.path.abspath(merged["client_ca"])
     if "journal_fsync" in merged:
         if merged["journal_fsync"] not in FSYNC_MODES:
             raise ConfigError(f"journal_fsync must be one of {', '.join(FSYNC_MODES)}")

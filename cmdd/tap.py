@@ -12,10 +12,11 @@ import pwd
 import signal
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -32,6 +33,7 @@ from cmdd.config import (
     build_settings,
     load_toml,
     needs_generated_certificate,
+    split_endpoint,
     with_certificate,
 )
 from cmdd.history import History, Retention
@@ -40,7 +42,7 @@ from cmdd.manager import JobManager, Limits
 from cmdd.runner import LocalExecutor
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
-from cmdd.tls import ensure_self_signed, fingerprint
+from cmdd.tls import ReloadableTLS, ensure_self_signed, fingerprint
 from cmdd.users import UserError
 from cmdd.web import make_site
 
@@ -62,6 +64,7 @@ _SETTING_OPTIONS = (
     "journal-compact-bytes",
     "retain-days",
     "retain-jobs",
+    "client-ca",
 )
 
 
@@ -103,6 +106,7 @@ class Options(usage.Options):
             None,
             "Compact the journal when it grows past this size [default: 64 MiB].",
         ],
+        ["client-ca", None, None, "Require client certificates signed by this CA (PEM)."],
         ["retain-days", None, None, "At compaction, drop finished jobs older than this."],
         ["retain-jobs", None, None, "At compaction, keep only this many newest finished jobs."],
     ]
@@ -184,11 +188,18 @@ class CmddService(MultiService):
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.api = CmddAPI(self.manager, deferToThread, self.accounts)
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
-        self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(reactor))
+        self.gate = AuthGate(
+            self.api.app.resource(),
+            portal,
+            FailureThrottle(reactor),
+            self.accounts.users,
+            client_certificates=settings.client_ca is not None,
+        )
         self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
         self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
         self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
+        self._tls: list[ReloadableTLS] = []
 
     def startService(self) -> None:
         settings = self.settings
@@ -219,9 +230,7 @@ class CmddService(MultiService):
         super().startService()
         self.manager.startService()
         for description in descriptions:
-            listener = StreamServerEndpointService(
-                serverFromString(self._reactor, description), self.site
-            )
+            listener = StreamServerEndpointService(self._endpoint(description), self.site)
             # Fail start-up loudly (port in use, bad key) instead of serving nothing.
             listener._raiseSynchronously = True
             listener.startService()
@@ -252,14 +261,48 @@ class CmddService(MultiService):
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
 
+    def _endpoint(self, description: str) -> Any:
+        """An endpoint for C{description}; C{ssl:} ones get cmdd's hardened,
+        reloadable TLS settings instead of Twisted's defaults."""
+        kind, args, kwargs = split_endpoint(description)
+        if kind != "ssl":
+            return serverFromString(self._reactor, description)
+        try:
+            tls = ReloadableTLS(
+                kwargs["privateKey"],
+                kwargs.get("certKey", kwargs["privateKey"]),
+                kwargs.get("extraCertChain"),
+                self.settings.client_ca,
+            )
+        except (OSError, ValueError, SSL.Error) as e:
+            raise SystemExit(f"cmdd: cannot load TLS files for {description!r}: {e}") from None
+        self._tls.append(tls)
+        port = int(args[0] if args else kwargs["port"])
+        return SSL4ServerEndpoint(
+            self._reactor,
+            port,
+            tls,
+            backlog=int(kwargs.get("backlog", 50)),
+            interface=kwargs.get("interface", ""),
+        )
+
     def _sighup(self, signum: int, frame: object) -> None:
         # Signal handlers run between bytecodes; do the work in the reactor.
         self._reactor.callFromThread(self.reload)
 
     def reload(self) -> None:
         """Re-read what an operator may change without a restart (SIGHUP)."""
-        log.info("SIGHUP: reloading users")
+        log.info("SIGHUP: reloading users and TLS certificates")
         self.accounts.reload_users()
+        for tls in self._tls:
+            try:
+                tls.reload()
+            except (OSError, ValueError, SSL.Error) as e:
+                log.error(
+                    "keeping the previous certificate for {path}: {why}",
+                    path=tls.cert_path,
+                    why=str(e),
+                )
 
     async def _stop(self) -> None:
         if self._users_watch.running:
