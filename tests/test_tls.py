@@ -48,7 +48,7 @@ class TLSDaemon:
         if client_ca:
             self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
             args += ["--client-ca", str(tmp_path / "ca.pem")]
-        self.log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115
+        self.log = open(tmp_path / "daemon.log", "wb")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
