@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cmdd import __version__
 from cmdd.accounts import Accounts
-from cmdd.auth import principal_of
+from cmdd.auth import RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.jobs import LEGACY_NAMES, Job, State, outcome_to_json
 from cmdd.manager import JobManager
@@ -36,6 +36,7 @@ T = TypeVar("T")
 #: Runs a blocking function on a worker thread (C{deferToThread} in the daemon).
 BlockingRunner = Callable[..., Deferred[Any]]
 
+NO_RUN_AS = RunAsPolicy()
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 _JOB_ID = re.compile(r"[1-9][0-9]{0,17}\Z")
@@ -165,11 +166,16 @@ class CmddAPI:
     app = Klein()
 
     def __init__(
-        self, manager: JobManager, run_blocking: BlockingRunner, accounts: Accounts
+        self,
+        manager: JobManager,
+        run_blocking: BlockingRunner,
+        accounts: Accounts,
+        run_as: RunAsPolicy = NO_RUN_AS,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
         self._accounts = accounts
+        self._run_as = run_as
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -230,6 +236,8 @@ class CmddAPI:
     async def submit(self, request: IRequest) -> bytes:
         principal = principal_of(request)
         spec = parse_spec(read_json(request))
+        if spec.user is not None:
+            self._run_as.check(principal, spec.user)
         job = await self._manager.submit(spec, owner=principal.name)
         status_url = f"/api/statuses/{job.id}"
         return respond_json(

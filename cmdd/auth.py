@@ -201,6 +201,35 @@ class FailureThrottle:
             self._failures.popitem(last=False)
 
 
+@attrs.frozen
+class RunAsPolicy:
+    """Which cmdd user may run jobs as which Unix users (an allow-list).
+
+    Only a daemon running as root can switch users; everyone else gets a
+    clear 403 instead of a job that fails later.
+    """
+
+    allowed: frozenset[tuple[str, str]] = frozenset()
+    daemon_is_root: bool = False
+
+    def check(self, principal: Principal, unix_user: str) -> None:
+        """Allow, or raise a 403 that says why not."""
+        if not self.daemon_is_root:
+            raise ClientError(
+                "RUN_AS_UNAVAILABLE",
+                "this daemon does not run as root, so it cannot run jobs as another user",
+                status=403,
+                field="user",
+            )
+        if (principal.name, unix_user) not in self.allowed:
+            raise ClientError(
+                "RUN_AS_FORBIDDEN",
+                f"{principal.name} may not run jobs as Unix user {unix_user!r}",
+                status=403,
+                field="user",
+            )
+
+
 def principal_of(request: IRequest) -> Principal:
     """The principal L{AuthGate} attached to this request."""
     principal = getattr(request, "cmdd_principal", None)

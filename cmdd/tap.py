@@ -26,7 +26,7 @@ from twisted.python.procutils import which
 from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
-from cmdd.auth import AuthGate, FailureThrottle, make_portal
+from cmdd.auth import AuthGate, FailureThrottle, RunAsPolicy, make_portal
 from cmdd.config import (
     ConfigError,
     Settings,
@@ -114,6 +114,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["run-as"] = []
+
+    def opt_run_as(self, mapping: str) -> None:
+        """CMDD_USER=UNIX_USER[,UNIX_USER]: allow running jobs as those users (repeatable)."""
+        self["run-as"].append(mapping)
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to serve on, repeatable [default: ssl:8443:interface=127.0.0.1]."""
@@ -131,6 +136,7 @@ class Options(usage.Options):
                 file_values = load_toml(self["config"])
             overrides = {key.replace("-", "_"): self[key] for key in _SETTING_OPTIONS}
             overrides["listen"] = self["listen"] or None
+            overrides["run_as"] = self["run-as"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             overrides["journal_recover"] = True if self["journal-recover"] else None
             self["settings"] = build_settings(file_values, overrides)
@@ -170,6 +176,7 @@ class CmddService(MultiService):
             which("setsid")[0] if which("setsid") else "/usr/bin/setsid",
             base_environment={"HOME": home},
             default_directory=home,
+            setpriv_path=next(iter(which("setpriv")), None),
         )
         self.manager = JobManager(
             self.history,
@@ -186,7 +193,12 @@ class CmddService(MultiService):
             ),
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
-        self.api = CmddAPI(self.manager, deferToThread, self.accounts)
+        self.api = CmddAPI(
+            self.manager,
+            deferToThread,
+            self.accounts,
+            RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
+        )
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
         self.gate = AuthGate(
             self.api.app.resource(),
