@@ -38,6 +38,8 @@ BlockingRunner = Callable[..., Deferred[Any]]
 
 NO_RUN_AS = RunAsPolicy()
 DEFAULT_PAGE = 50
+#: Longest ?wait on a status: long enough to save polling, short enough for proxies.
+MAX_WAIT = 300.0
 MAX_PAGE = 1000
 _JOB_ID = re.compile(r"[1-9][0-9]{0,17}\Z")
 
@@ -143,6 +145,18 @@ def _query(request: IRequest, allowed: frozenset[str]) -> dict[str, str]:
             raise ClientError("INVALID_PARAMETER", f"{name} may be given once", field=name)
         out[name] = values[0].decode("utf-8", "replace")
     return out
+
+
+def _seconds(params: dict[str, str], name: str, maximum: float) -> float:
+    try:
+        seconds = float(params[name])
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= maximum:
+        raise ClientError(
+            "INVALID_PARAMETER", f"{name} must be seconds from 0 to {maximum:.0f}", field=name
+        )
+    return seconds
 
 
 def _positive_int(
@@ -293,8 +307,12 @@ class CmddAPI:
         return self._list(request, "statuses", status_json, None)
 
     @app.route("/api/statuses/<job_id>", methods=["GET"])
-    def get_status(self, request: IRequest, job_id: str) -> bytes:
+    async def get_status(self, request: IRequest, job_id: str) -> bytes:
+        params = _query(request, frozenset({"wait"}))
         job = self._job(request, job_id)
+        if "wait" in params and not job.state.final:
+            seconds = _seconds(params, "wait", MAX_WAIT)
+            job = await self._manager.wait_final(job.id, seconds)
         if job.state.final:
             return respond_json(
                 request, status_json(job), 303, {"Location": f"/api/results/{job.id}"}

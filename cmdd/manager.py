@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -107,9 +107,33 @@ class JobManager(Service):
         job = self.get(job_id)
         if job.state.final:
             return succeed(job)
-        waiter: Deferred[Job] = Deferred()
-        self._final_waiters.setdefault(job_id, []).append(waiter)
+        waiters = self._final_waiters.setdefault(job_id, [])
+
+        def forget(waiter: Deferred[Job]) -> None:
+            # A client that went away must not leave its waiter behind.
+            waiters.remove(waiter)
+
+        waiter: Deferred[Job] = Deferred(forget)
+        waiters.append(waiter)
         return waiter
+
+    def wait_final(self, job_id: int, seconds: float) -> Deferred[Job]:
+        """The job once it is final, or as it is after C{seconds}, whichever
+        comes first. Costs one timer and no thread per waiter."""
+        waiter = self.when_final(job_id)
+        if waiter.called:
+            return waiter
+        timer = self._clock.callLater(seconds, waiter.cancel)
+
+        def settle(result: Job | Failure) -> Job:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                result.trap(CancelledError)
+                return self.get(job_id)
+            return result
+
+        return waiter.addBoth(settle)
 
     # --- commands ----------------------------------------------------------
 

@@ -288,3 +288,51 @@ def test_health_and_metrics(client: Client) -> None:
     text = content.decode()
     assert "cmdd_jobs_submitted_total 1" in text
     assert 'cmdd_jobs{state="queued"} 1' in text
+
+
+def _pending(client: Client, path: str) -> list[Any]:
+    results: list[Any] = []
+    d = client.treq.request("GET", "http://cmdd.test" + path, allow_redirects=False,
+                            headers={"Authorization": f"Bearer {client.token}"})
+    d.addCallback(lambda r: client.treq.content(r).addCallback(
+        lambda body: results.append((r.code, json.loads(body), r.headers))))
+    client.treq.flush()
+    return results
+
+
+def test_long_poll_answers_when_the_job_ends(client: Client) -> None:
+    """?wait=S holds the request until the job is final, then answers 303."""
+    client.json("POST", "/api/jobs", {"command": "sleep 1"})
+    client.clock.advance(0)
+    results = _pending(client, "/api/statuses/1?wait=30")
+    assert results == []
+    client.clock.advance(10)
+    client.treq.flush()
+    assert results == []
+    client.executor.by_job(1).finish(0)
+    client.treq.flush()
+    code, status, headers = results[0]
+    assert code == 303 and status["done"] is True
+    assert headers.getRawHeaders("location") == ["/api/results/1"]
+    timers = [call for call in client.clock.getDelayedCalls() if "cancel" in repr(call)]
+    assert timers == [], "the wait timer was cancelled"
+
+
+def test_long_poll_times_out_with_the_current_status(client: Client) -> None:
+    """When the wait ends first, the answer is 200 with the current state."""
+    client.json("POST", "/api/jobs", {"command": "sleep 100"})
+    client.clock.advance(0)
+    results = _pending(client, "/api/statuses/1?wait=5")
+    client.clock.advance(5)
+    client.treq.flush()
+    code, status, _ = results[0]
+    assert code == 200 and status["state"] == "running" and status["done"] is False
+    assert client.manager._final_waiters.get(1) == [], "no waiter left behind"
+
+
+@pytest.mark.parametrize("wait", ["-1", "301", "soon", "nan", "inf"])
+def test_bad_wait_is_400(client: Client, wait: str) -> None:
+    """wait is bounded (0 to 300 seconds) and must be a number."""
+    client.json("POST", "/api/jobs", {"command": "true"})
+    code, body, _ = client.json("GET", f"/api/statuses/1?wait={wait}")
+    assert code == 400 and body["error"]["field"] == "wait"
