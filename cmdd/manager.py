@@ -51,6 +51,8 @@ class _Run:
     kill_call: IDelayedCall | None = None
     cancel_reason: str | None = None
     cancelled_by: str | None = None
+    #: Set once the process has ended (its output may still be being written).
+    exit: ProcessExit | None = None
     timed_out: bool = False
 
 
@@ -189,7 +191,7 @@ class JobManager(Service):
             self._queue.remove(job_id)
             outcome = Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
             self.history.record(Ended(job_id, self._clock.seconds(), outcome))
-        elif run.cancel_reason is None:
+        elif run.cancel_reason is None and run.exit is None:
             run.cancel_reason = reason
             run.cancelled_by = by
             self._terminate(run)
@@ -264,7 +266,8 @@ class JobManager(Service):
             self._pump_call.cancel()
         ending = []
         for run in list(self._running.values()):
-            run.cancel_reason = run.cancel_reason or "the daemon stopped"
+            if run.exit is None:
+                run.cancel_reason = run.cancel_reason or "the daemon stopped"
             ending.append(self.when_final(run.job_id))
             self._terminate(run)
         done: Deferred[Any] = DeferredList(ending, consumeErrors=True)
@@ -335,8 +338,10 @@ class JobManager(Service):
         self._terminate(run)
 
     def _terminate(self, run: _Run) -> None:
-        if run.execution is None or run.kill_call is not None:
-            # Not spawned yet: _spawn sees the cancel reason and does not spawn.
+        if run.execution is None or run.kill_call is not None or run.exit is not None:
+            # Not spawned yet (_spawn sees the cancel reason and does not
+            # spawn), already being killed, or already ended: its pid may be
+            # reused, so it must not be signalled again.
             return
         run.execution.signal_group(signal.SIGTERM)
         run.kill_call = self._clock.callLater(self.limits.kill_grace, self._kill, run)
@@ -347,13 +352,12 @@ class JobManager(Service):
         run.execution.signal_group(signal.SIGKILL)
 
     async def _finish(self, exit: ProcessExit, run: _Run) -> None:
+        run.exit = exit
         for call in (run.timeout_call, run.kill_call):
             if call is not None and call.active():
                 call.cancel()
         assert run.stdout is not None and run.stderr is not None
-        # The result is visible only once its output is in the files.
-        await run.stdout.close()
-        await run.stderr.close()
+        # The outcome is decided now, by what happened before the process ended.
         state = final_state(
             exit_code=exit.exit_code,
             signal=exit.signal,
@@ -361,6 +365,9 @@ class JobManager(Service):
             timed_out=run.timed_out,
         )
         reason = run.cancel_reason
+        # The result is visible only once its output is in the files.
+        await run.stdout.close()
+        await run.stderr.close()
         if run.timed_out and reason is None:
             reason = "timed out"
         self._end(
