@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -18,12 +19,15 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cmdd import __version__
+from cmdd.accounts import Accounts
+from cmdd.auth import RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.jobs import LEGACY_NAMES, Job, State, outcome_to_json
 from cmdd.manager import JobManager
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, read_output
 from cmdd.store import page
+from cmdd.tokens import Token
 from cmdd.web import read_json, respond_json
 
 log = Logger()
@@ -32,7 +36,10 @@ T = TypeVar("T")
 #: Runs a blocking function on a worker thread (C{deferToThread} in the daemon).
 BlockingRunner = Callable[..., Deferred[Any]]
 
+NO_RUN_AS = RunAsPolicy()
 DEFAULT_PAGE = 50
+#: Longest ?wait on a status: long enough to save polling, short enough for proxies.
+MAX_WAIT = 300.0
 MAX_PAGE = 1000
 _JOB_ID = re.compile(r"[1-9][0-9]{0,17}\Z")
 
@@ -58,7 +65,7 @@ def links(job_id: int) -> dict[str, str]:
 
 def job_json(job: Job) -> dict[str, Any]:
     """A job: spec, state, timestamps, links."""
-    out: dict[str, Any] = {"id": job.id, "state": job.state.value}
+    out: dict[str, Any] = {"id": job.id, "state": job.state.value, "owner": job.owner}
     out.update(job.spec.to_json())
     out["created"] = rfc3339(job.created)
     out["started"] = rfc3339(job.started)
@@ -66,6 +73,8 @@ def job_json(job: Job) -> dict[str, Any]:
     if job.outcome is not None:
         out["exit_code"] = job.outcome.exit_code
         out["reason"] = job.outcome.reason
+        if job.outcome.cancelled_by is not None:
+            out["cancelled_by"] = job.outcome.cancelled_by
     out["links"] = links(job.id)
     return out
 
@@ -97,6 +106,27 @@ def result_json(job: Job, stdout: str | None = None, stderr: str | None = None) 
     return out
 
 
+def token_json(token: Token) -> dict[str, Any]:
+    """A token's public record (never its secret or hash)."""
+    return {
+        "id": token.id,
+        "owner": token.owner,
+        "description": token.description,
+        "created": rfc3339(token.created),
+        "expires": rfc3339(token.expires),
+    }
+
+
+def _has_body(request: IRequest) -> bool:
+    content = request.content
+    if content is None:
+        return False
+    position = content.tell()
+    has = bool(content.read(1))
+    content.seek(position)
+    return has
+
+
 def parse_job_id(text: str) -> int:
     """A job id from a URL segment; anything else is an unknown job."""
     if not _JOB_ID.match(text):
@@ -115,6 +145,18 @@ def _query(request: IRequest, allowed: frozenset[str]) -> dict[str, str]:
             raise ClientError("INVALID_PARAMETER", f"{name} may be given once", field=name)
         out[name] = values[0].decode("utf-8", "replace")
     return out
+
+
+def _seconds(params: dict[str, str], name: str, maximum: float) -> float:
+    try:
+        seconds = float(params[name])
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= maximum:
+        raise ClientError(
+            "INVALID_PARAMETER", f"{name} must be seconds from 0 to {maximum:.0f}", field=name
+        )
+    return seconds
 
 
 def _positive_int(
@@ -137,9 +179,25 @@ class CmddAPI:
 
     app = Klein()
 
-    def __init__(self, manager: JobManager, run_blocking: BlockingRunner) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        run_blocking: BlockingRunner,
+        accounts: Accounts,
+        run_as: RunAsPolicy = NO_RUN_AS,
+    ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
+        self._accounts = accounts
+        self._run_as = run_as
+
+    def _job(self, request: IRequest, job_id: str) -> Job:
+        """The job, if the caller may see it; otherwise the same 404 as an unknown id
+        (so other users' job ids do not leak)."""
+        job = self._manager.get(parse_job_id(job_id))
+        if not principal_of(request).may_see(job.owner):
+            raise not_found("job", job.id)
+        return job
 
     # --- errors ----------------------------------------------------------
 
@@ -190,8 +248,11 @@ class CmddAPI:
 
     @app.route("/api/jobs", methods=["POST"])
     async def submit(self, request: IRequest) -> bytes:
+        principal = principal_of(request)
         spec = parse_spec(read_json(request))
-        job = await self._manager.submit(spec)
+        if spec.user is not None:
+            self._run_as.check(principal, spec.user)
+        job = await self._manager.submit(spec, owner=principal.name)
         status_url = f"/api/statuses/{job.id}"
         return respond_json(
             request,
@@ -206,31 +267,31 @@ class CmddAPI:
 
     @app.route("/api/jobs/<job_id>", methods=["GET"])
     def get_job(self, request: IRequest, job_id: str) -> bytes:
-        return respond_json(request, job_json(self._manager.get(parse_job_id(job_id))))
+        return respond_json(request, job_json(self._job(request, job_id)))
 
     @app.route("/api/jobs/<job_id>", methods=["PATCH"])
     async def patch_job(self, request: IRequest, job_id: str) -> bytes:
-        ident = parse_job_id(job_id)
-        self._manager.get(ident)
+        ident = self._job(request, job_id).id
         body = read_json(request)
         if not isinstance(body, dict) or body.get("status") != "cancelled" or len(body) != 1:
             raise SpecError(
                 "INVALID_PATCH",
                 'the only change a job accepts is {"status": "cancelled"}',
             )
-        job = await self._manager.cancel(ident)
+        job = await self._manager.cancel(ident, by=principal_of(request).name)
         return respond_json(request, job_json(job))
 
     @app.route("/api/jobs/<job_id>", methods=["DELETE"])
     @app.route("/api/results/<job_id>", methods=["DELETE"])
     async def delete_job(self, request: IRequest, job_id: str) -> bytes:
-        await self._manager.delete(parse_job_id(job_id))
+        job = self._job(request, job_id)
+        await self._manager.delete(job.id, by=principal_of(request).name)
         request.setResponseCode(204)
         return b""
 
     @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:
-        job = self._manager.get(parse_job_id(job_id))
+        job = self._job(request, job_id)
         if stream not in STREAMS:
             raise ClientError("STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404)
         data: bytes = await self._run_blocking(
@@ -246,8 +307,12 @@ class CmddAPI:
         return self._list(request, "statuses", status_json, None)
 
     @app.route("/api/statuses/<job_id>", methods=["GET"])
-    def get_status(self, request: IRequest, job_id: str) -> bytes:
-        job = self._manager.get(parse_job_id(job_id))
+    async def get_status(self, request: IRequest, job_id: str) -> bytes:
+        params = _query(request, frozenset({"wait"}))
+        job = self._job(request, job_id)
+        if "wait" in params and not job.state.final:
+            seconds = _seconds(params, "wait", MAX_WAIT)
+            job = await self._manager.wait_final(job.id, seconds)
         if job.state.final:
             return respond_json(
                 request, status_json(job), 303, {"Location": f"/api/results/{job.id}"}
@@ -262,7 +327,7 @@ class CmddAPI:
 
     @app.route("/api/results/<job_id>", methods=["GET"])
     async def get_result(self, request: IRequest, job_id: str) -> bytes:
-        job = self._manager.get(parse_job_id(job_id))
+        job = self._job(request, job_id)
         if not job.state.final or job.outcome is None:
             raise ClientError(
                 "RESULT_NOT_READY",
@@ -281,6 +346,58 @@ class CmddAPI:
                 data = await self._run_blocking(read_output, path)
             texts.append(data.decode("utf-8", "replace"))
         return respond_json(request, result_json(job, texts[0], texts[1]))
+
+    # --- tokens ----------------------------------------------------------
+
+    @app.route("/api/tokens", methods=["POST"])
+    async def create_token(self, request: IRequest) -> bytes:
+        principal = principal_of(request)
+        expires_in, description = None, ""
+        if request.getHeader("content-type") or _has_body(request):
+            body = read_json(request)
+            if not isinstance(body, dict) or set(body) - {"expires_in", "description"}:
+                raise ClientError(
+                    "INVALID_TOKEN_REQUEST",
+                    'the body may hold only "expires_in" (seconds) and "description"',
+                )
+            expires_in = body.get("expires_in")
+            if expires_in is not None and (
+                isinstance(expires_in, bool) or not isinstance(expires_in, int | float)
+            ):
+                raise ClientError(
+                    "INVALID_EXPIRES_IN",
+                    "expires_in must be a number of seconds",
+                    field="expires_in",
+                )
+            description = body.get("description") or ""
+            if not isinstance(description, str) or len(description) > 200:
+                raise ClientError(
+                    "INVALID_DESCRIPTION",
+                    "description must be a string of at most 200 characters",
+                    field="description",
+                )
+        token, secret = await self._accounts.issue_token(
+            principal.name, None if expires_in is None else float(expires_in), description
+        )
+        body = {**token_json(token), "token": secret}
+        headers = {"Location": f"/api/tokens/{token.id}", "Cache-Control": "no-store"}
+        return respond_json(request, body, 201, headers)
+
+    @app.route("/api/tokens", methods=["GET"])
+    def list_tokens(self, request: IRequest) -> bytes:
+        principal = principal_of(request)
+        tokens = self._accounts.book.owned_by(principal.name)
+        return respond_json(request, {"tokens": [token_json(t) for t in tokens]})
+
+    @app.route("/api/tokens/<token_id>", methods=["DELETE"])
+    async def revoke_token(self, request: IRequest, token_id: str) -> bytes:
+        principal = principal_of(request)
+        token = self._accounts.book.get(token_id)
+        if token is None or not principal.may_see(token.owner):
+            raise ClientError("TOKEN_NOT_FOUND", f"no token with id {token_id!r}", status=404)
+        await self._accounts.revoke_token(token.id)
+        request.setResponseCode(204)
+        return b""
 
     # --- operations ------------------------------------------------------
 
@@ -320,15 +437,29 @@ class CmddAPI:
         represent: Callable[[Job], dict[str, Any]],
         keep: Callable[[Job], bool] | None,
     ) -> bytes:
-        params = _query(request, frozenset({"limit", "cursor"}))
+        params = _query(request, frozenset({"limit", "cursor", "owner"}))
         limit = _positive_int(params, "limit", DEFAULT_PAGE, MAX_PAGE)
         cursor = _positive_int(params, "cursor", None, 2**63)
         assert limit is not None
-        jobs, next_cursor = page(self._manager.store.newest_first(cursor), limit, keep)
+        principal = principal_of(request)
+        owner = params.get("owner")
+        if owner is not None and not principal.may_see(owner):
+            raise ClientError(
+                "FORBIDDEN", "only admins may list other users' jobs", status=403, field="owner"
+            )
+        if owner is None and not principal.is_admin:
+            owner = principal.name
+
+        def visible(job: Job) -> bool:
+            return (owner is None or job.owner == owner) and (keep is None or keep(job))
+
+        jobs, next_cursor = page(self._manager.store.newest_first(cursor), limit, visible)
         body: dict[str, Any] = {key: [represent(job) for job in jobs], "next": None}
         headers = {}
         if next_cursor is not None:
             next_url = f"/api/{key}?limit={limit}&cursor={next_cursor}"
+            if "owner" in params:
+                next_url += "&owner=" + quote(params["owner"], safe="")
             body["next"] = next_url
             headers["Link"] = f'<{next_url}>; rel="next"'
         return respond_json(request, body, 200, headers)

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+import attrs
 
 from cmdd import __version__
 from cmdd.journal import DataDirLocked, JournalCorrupt
 from cmdd.offline import compact, verify
+from cmdd.users import (
+    ROLES,
+    USERS_NAME,
+    User,
+    UserError,
+    check_name,
+    generate_password,
+    hash_password,
+    read_users,
+    write_users,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +45,68 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument(
             "--data-dir", "-d", default="cmdd-data", help="data directory [default: cmdd-data]"
         )
+    users = commands.add_parser("user", help="manage cmdd users (the daemon picks changes up)")
+    user_actions = users.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (
+        ("add", "create a user; prints only the generated password on stdout"),
+        ("list", "list users and roles"),
+        ("remove", "remove a user (their tokens stop working at once)"),
+        ("passwd", "set a user's password; prints a generated one unless --password-stdin"),
+    ):
+        action = user_actions.add_parser(name, help=text, description=text)
+        action.add_argument(
+            "--data-dir", "-d", default="cmdd-data", help="data directory [default: cmdd-data]"
+        )
+        if name != "list":
+            action.add_argument("name", help="user name")
+        if name == "add":
+            action.add_argument("--role", choices=ROLES, default="user", help="[default: user]")
+        if name in ("add", "passwd"):
+            action.add_argument(
+                "--password-stdin", action="store_true", help="read the password from stdin"
+            )
     return parser
+
+
+def _new_password(from_stdin: bool) -> tuple[str, bool]:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise UserError("no password on stdin")
+        return password, False
+    return generate_password(), True
+
+
+def _user(args: argparse.Namespace) -> int:
+    path = os.path.join(args.data_dir, USERS_NAME)
+    try:
+        users = read_users(path)
+        if args.action == "list":
+            for user in sorted(users.values(), key=lambda u: u.name):
+                print(f"{user.name}\t{user.role}")
+            return 0
+        name = check_name(args.name)
+        if args.action == "add":
+            if name in users:
+                raise UserError(f"user {name} already exists")
+            password, generated = _new_password(args.password_stdin)
+            users[name] = User(name, args.role, hash_password(password))
+        elif name not in users:
+            raise UserError(f"no user {name}")
+        elif args.action == "remove":
+            del users[name]
+        else:
+            password, generated = _new_password(args.password_stdin)
+            users[name] = attrs.evolve(users[name], password_hash=hash_password(password))
+        os.makedirs(args.data_dir, mode=0o700, exist_ok=True)
+        write_users(path, users)
+    except (UserError, OSError) as e:
+        print(f"cmdd: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.action}: user {name} done ({path})", file=sys.stderr)
+    if args.action in ("add", "passwd") and generated:
+        print(password)
+    return 0
 
 
 def _verify(data_dir: str) -> int:
@@ -68,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console command."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "user":
+        return _user(args)
     if args.command == "journal":
         return _verify(args.data_dir) if args.action == "verify" else _compact(args.data_dir)
     parser.print_help()

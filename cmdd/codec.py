@@ -46,7 +46,12 @@ class Record:
 
 def _event_fields(event: Event) -> dict[str, Any]:
     if isinstance(event, Created):
-        return {"type": "created", "job": event.job_id, "spec": event.spec.to_json()}
+        return {
+            "type": "created",
+            "job": event.job_id,
+            "owner": event.owner,
+            "spec": event.spec.to_json(),
+        }
     if isinstance(event, Started):
         return {"type": "started", "job": event.job_id}
     if isinstance(event, Ended):
@@ -62,13 +67,14 @@ def _event_fields(event: Event) -> dict[str, Any]:
             "stderr_bytes": outcome.stderr_bytes,
             "stdout_truncated": outcome.stdout_truncated,
             "stderr_truncated": outcome.stderr_truncated,
+            "cancelled_by": outcome.cancelled_by,
         }
-    return {"type": "deleted", "job": event.job_id}
+    return {"type": "deleted", "job": event.job_id, "by": event.by}
 
 
 def job_events(job: Job) -> list[Event]:
     """Events that rebuild C{job} exactly as it is (for compaction)."""
-    events: list[Event] = [Created(job.id, job.created, job.spec)]
+    events: list[Event] = [Created(job.id, job.created, job.spec, job.owner)]
     if job.started is not None:
         events.append(Started(job.id, job.started))
     if job.outcome is not None and job.completed is not None:
@@ -121,7 +127,7 @@ def _record(fields: dict[str, Any]) -> Record:
     job_id = int(fields["job"])
     item: Event
     if kind == "created":
-        item = Created(job_id, at, parse_spec(fields["spec"]))
+        item = Created(job_id, at, parse_spec(fields["spec"]), fields.get("owner", "admin"))
     elif kind == "started":
         item = Started(job_id, at)
     elif kind == "ended":
@@ -137,10 +143,11 @@ def _record(fields: dict[str, Any]) -> Record:
                 stderr_bytes=int(fields["stderr_bytes"]),
                 stdout_truncated=bool(fields["stdout_truncated"]),
                 stderr_truncated=bool(fields["stderr_truncated"]),
+                cancelled_by=fields.get("cancelled_by"),
             ),
         )
     elif kind == "deleted":
-        item = Deleted(job_id, at)
+        item = Deleted(job_id, at, fields.get("by"))
     else:
         raise ValueError(f"unknown record type {kind!r}")
     return Record(seq, item)

@@ -41,6 +41,9 @@ class Settings:
     journal_compact_bytes: int = 64 * MIB
     retain_days: float | None = None
     retain_jobs: int | None = None
+    client_ca: str | None = None
+    #: (cmdd user, Unix user) pairs allowed for the job spec's "user".
+    run_as: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def journal_path(self) -> str:
@@ -69,7 +72,9 @@ _INTS = (
 _FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "retain_days")
 _BOOLS = ("allow_plaintext", "journal_recover")
 FSYNC_MODES = ("always", "never")
-KEYS = frozenset({"data_dir", "listen", "journal_fsync", *_BOOLS, *_INTS, *_FLOATS})
+KEYS = frozenset(
+    {"data_dir", "listen", "journal_fsync", "client_ca", "run_as", *_BOOLS, *_INTS, *_FLOATS}
+)
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -111,6 +116,12 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
             if not isinstance(merged[key], bool):
                 raise ConfigError(f"{key} must be true or false")
             values[key] = merged[key]
+    if "run_as" in merged:
+        values["run_as"] = _run_as(merged["run_as"])
+    if "client_ca" in merged:
+        if not isinstance(merged["client_ca"], str) or not merged["client_ca"]:
+            raise ConfigError("client_ca must be the path of a PEM file")
+        values["client_ca"] = os.path.abspath(merged["client_ca"])
     if "journal_fsync" in merged:
         if merged["journal_fsync"] not in FSYNC_MODES:
             raise ConfigError(f"journal_fsync must be one of {', '.join(FSYNC_MODES)}")
@@ -125,6 +136,27 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
     for description in settings.listen:
         check_endpoint(description, settings.allow_plaintext)
     return settings
+
+
+def _run_as(value: object) -> frozenset[tuple[str, str]]:
+    """From a TOML table {cmdd_user: [unix users]} or CLI items "cmdd_user=u1,u2"."""
+    table: dict[str, Any] = {}
+    if isinstance(value, list | tuple):
+        for item in value:
+            name, sep, listed = str(item).partition("=")
+            if not sep or not name or not listed:
+                raise ConfigError(f"run_as {item!r}: write CMDD_USER=UNIX_USER[,UNIX_USER]")
+            table.setdefault(name, []).extend(listed.split(","))
+    elif isinstance(value, dict):
+        table = value
+    else:
+        raise ConfigError("run_as must map cmdd users to lists of Unix users")
+    pairs: set[tuple[str, str]] = set()
+    for name, users in table.items():
+        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+            raise ConfigError(f"run_as.{name} must be a list of Unix user names")
+        pairs.update((name, user) for user in users)
+    return frozenset(pairs)
 
 
 def _number(key: str, value: object, kind: type[int] | type[float]) -> int | float:

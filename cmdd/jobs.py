@@ -63,6 +63,7 @@ class Outcome:
     stderr_bytes: int = 0
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    cancelled_by: str | None = None
 
 
 @frozen
@@ -73,6 +74,7 @@ class Job:
     spec: JobSpec
     state: State
     created: float
+    owner: str = "admin"
     started: float | None = None
     completed: float | None = None
     outcome: Outcome | None = None
@@ -95,6 +97,7 @@ class Created:
     job_id: int
     at: float
     spec: JobSpec
+    owner: str = "admin"
 
 
 @frozen
@@ -124,6 +127,7 @@ class Deleted:
 
     job_id: int
     at: float
+    by: str | None = None
 
 
 Event = Created | Started | Ended | Deleted
@@ -145,7 +149,13 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
     if isinstance(event, Created):
         if job is not None:
             raise InvalidTransitionError(f"job {event.job_id} already exists")
-        return Job(id=event.job_id, spec=event.spec, state=State.QUEUED, created=event.at)
+        return Job(
+            id=event.job_id,
+            spec=event.spec,
+            state=State.QUEUED,
+            created=event.at,
+            owner=event.owner,
+        )
     if job is None:
         raise InvalidTransitionError(f"job {event.job_id} does not exist")
     if isinstance(event, Started):
@@ -198,4 +208,5 @@ def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
             "stdout": outcome.stdout_truncated,
             "stderr": outcome.stderr_truncated,
         },
+        "cancelled_by": outcome.cancelled_by,
     }

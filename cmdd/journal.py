@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from cmdd.codec import CorruptLine, Meta, Record, decode, encode, job_events
+from cmdd.files import fsync_directory, write_all
 from cmdd.jobs import Event, Job
 
 log = Logger()
@@ -191,31 +192,15 @@ def write_atomically(path: str, lines: Iterable[bytes]) -> int:
             buffer.append(line)
             buffered += len(line)
             if buffered >= 1 << 20:
-                size += _write_all(fd, b"".join(buffer))
+                size += write_all(fd, b"".join(buffer))
                 buffer, buffered = [], 0
-        size += _write_all(fd, b"".join(buffer))
+        size += write_all(fd, b"".join(buffer))
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)
     fsync_directory(os.path.dirname(path))
     return size
-
-
-def fsync_directory(path: str) -> None:
-    """Make a rename or a new file in C{path} durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    return len(data)
 
 
 class JournalWriter:
@@ -277,7 +262,7 @@ class JournalWriter:
 
     def _write_batch(self, data: bytes) -> int:
         assert self._fd is not None
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
         if self._fsync:
             os.fdatasync(self._fd)
         return len(data)

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,6 +50,9 @@ class _Run:
     timeout_call: IDelayedCall | None = None
     kill_call: IDelayedCall | None = None
     cancel_reason: str | None = None
+    cancelled_by: str | None = None
+    #: Set once the process has ended (its output may still be being written).
+    exit: ProcessExit | None = None
     timed_out: bool = False
 
 
@@ -106,13 +109,37 @@ class JobManager(Service):
         job = self.get(job_id)
         if job.state.final:
             return succeed(job)
-        waiter: Deferred[Job] = Deferred()
-        self._final_waiters.setdefault(job_id, []).append(waiter)
+        waiters = self._final_waiters.setdefault(job_id, [])
+
+        def forget(waiter: Deferred[Job]) -> None:
+            # A client that went away must not leave its waiter behind.
+            waiters.remove(waiter)
+
+        waiter: Deferred[Job] = Deferred(forget)
+        waiters.append(waiter)
         return waiter
+
+    def wait_final(self, job_id: int, seconds: float) -> Deferred[Job]:
+        """The job once it is final, or as it is after C{seconds}, whichever
+        comes first. Costs one timer and no thread per waiter."""
+        waiter = self.when_final(job_id)
+        if waiter.called:
+            return waiter
+        timer = self._clock.callLater(seconds, waiter.cancel)
+
+        def settle(result: Job | Failure) -> Job:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                result.trap(CancelledError)
+                return self.get(job_id)
+            return result
+
+        return waiter.addBoth(settle)
 
     # --- commands ----------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> Deferred[Job]:
+    def submit(self, spec: JobSpec, owner: str = "admin") -> Deferred[Job]:
         """Accept a job; the Deferred fires once its creation is durable.
 
         @raise ClientError: 503 while stopping or when the queue is full.
@@ -134,7 +161,7 @@ class JobManager(Service):
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         job, durable = self.history.record(
-            Created(self.store.allocate_id(), self._clock.seconds(), spec)
+            Created(self.store.allocate_id(), self._clock.seconds(), spec, owner)
         )
         assert job is not None
         self.submitted_total += 1
@@ -144,8 +171,10 @@ class JobManager(Service):
         self._schedule_pump()
         return durable.addCallbacks(lambda _: job, _journal_unavailable)
 
-    def cancel(self, job_id: int, reason: str = "cancelled by request") -> Deferred[Job]:
+    def cancel(self, job_id: int, by: str | None = None) -> Deferred[Job]:
         """Cancel a queued or running job; fires with the job once it is final.
+
+        C{by} (who asked) is kept in the job's outcome for the audit trail.
 
         @raise ClientError: 404 unknown job, 409 already finished.
         """
@@ -156,19 +185,20 @@ class JobManager(Service):
                 f"job {job_id} already ended ({job.state.value})",
                 status=409,
             )
+        reason = f"cancelled by {by}" if by else "cancelled by request"
         run = self._running.get(job_id)
         if run is None:
             self._queue.remove(job_id)
-            self.history.record(
-                Ended(job_id, self._clock.seconds(), Outcome(State.CANCELLED, reason=reason))
-            )
-        else:
-            run.cancel_reason = run.cancel_reason or reason
+            outcome = Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
+            self.history.record(Ended(job_id, self._clock.seconds(), outcome))
+        elif run.cancel_reason is None and run.exit is None:
+            run.cancel_reason = reason
+            run.cancelled_by = by
             self._terminate(run)
         return self.when_final(job_id)
 
-    def delete(self, job_id: int) -> Deferred[None]:
-        """Remove a finished job and its output files.
+    def delete(self, job_id: int, by: str | None = None) -> Deferred[None]:
+        """Remove a finished job and its output files (C{by}: who asked).
 
         @raise ClientError: 404 unknown job, 409 not finished yet.
         """
@@ -179,7 +209,7 @@ class JobManager(Service):
                 f"job {job_id} is {job.state.value}; cancel it before deleting",
                 status=409,
             )
-        _, durable = self.history.record(Deleted(job_id, self._clock.seconds()))
+        _, durable = self.history.record(Deleted(job_id, self._clock.seconds(), by))
         # Files go only once the deletion is durable: a crash in between must
         # not leave a job whose output is missing.
         return durable.addCallback(lambda _: self.remove_outputs([job_id]))
@@ -236,7 +266,8 @@ class JobManager(Service):
             self._pump_call.cancel()
         ending = []
         for run in list(self._running.values()):
-            run.cancel_reason = run.cancel_reason or "the daemon stopped"
+            if run.exit is None:
+                run.cancel_reason = run.cancel_reason or "the daemon stopped"
             ending.append(self.when_final(run.job_id))
             self._terminate(run)
         done: Deferred[Any] = DeferredList(ending, consumeErrors=True)
@@ -269,7 +300,10 @@ class JobManager(Service):
 
     def _spawn(self, run: _Run) -> None:
         if run.cancel_reason is not None:
-            self._end(run, Outcome(State.CANCELLED, reason=run.cancel_reason))
+            outcome = Outcome(
+                State.CANCELLED, reason=run.cancel_reason, cancelled_by=run.cancelled_by
+            )
+            self._end(run, outcome)
             return
         job = self.get(run.job_id)
         cap = self.limits.max_output_bytes
@@ -304,8 +338,10 @@ class JobManager(Service):
         self._terminate(run)
 
     def _terminate(self, run: _Run) -> None:
-        if run.execution is None or run.kill_call is not None:
-            # Not spawned yet: _spawn sees the cancel reason and does not spawn.
+        if run.execution is None or run.kill_call is not None or run.exit is not None:
+            # Not spawned yet (_spawn sees the cancel reason and does not
+            # spawn), already being killed, or already ended: its pid may be
+            # reused, so it must not be signalled again.
             return
         run.execution.signal_group(signal.SIGTERM)
         run.kill_call = self._clock.callLater(self.limits.kill_grace, self._kill, run)
@@ -316,13 +352,12 @@ class JobManager(Service):
         run.execution.signal_group(signal.SIGKILL)
 
     async def _finish(self, exit: ProcessExit, run: _Run) -> None:
+        run.exit = exit
         for call in (run.timeout_call, run.kill_call):
             if call is not None and call.active():
                 call.cancel()
         assert run.stdout is not None and run.stderr is not None
-        # The result is visible only once its output is in the files.
-        await run.stdout.close()
-        await run.stderr.close()
+        # The outcome is decided now, by what happened before the process ended.
         state = final_state(
             exit_code=exit.exit_code,
             signal=exit.signal,
@@ -330,6 +365,9 @@ class JobManager(Service):
             timed_out=run.timed_out,
         )
         reason = run.cancel_reason
+        # The result is visible only once its output is in the files.
+        await run.stdout.close()
+        await run.stderr.close()
         if run.timed_out and reason is None:
             reason = "timed out"
         self._end(
@@ -343,6 +381,7 @@ class JobManager(Service):
                 stderr_bytes=run.stderr.total,
                 stdout_truncated=run.stdout.truncated,
                 stderr_truncated=run.stderr.truncated,
+                cancelled_by=run.cancelled_by,
             ),
         )
 

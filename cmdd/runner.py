@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import signal
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -224,6 +225,7 @@ class LocalExecutor:
         default_directory: str = "/",
         drain_seconds: float = 2.0,
         chdir: Callable[[str], None] = os.chdir,
+        setpriv_path: str | None = None,
     ) -> None:
         self._reactor: IReactorProcess = reactor
         self._clock: IReactorTime = reactor
@@ -233,6 +235,28 @@ class LocalExecutor:
         self._default_directory = default_directory
         self._drain_seconds = drain_seconds
         self._chdir = chdir
+        self._setpriv = setpriv_path
+
+    def _switch_user(self, name: str) -> tuple[list[str], pwd.struct_passwd]:
+        """The setpriv prefix that becomes Unix user C{name} in the child.
+
+        Done by a program in the child (not spawnProcess's uid/gid, which
+        would leave the posix_spawn fast path for fork).
+        """
+        if self._setpriv is None:
+            raise SpawnError("running as another user needs setpriv (util-linux)")
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            raise SpawnError(f"no Unix user {name!r}") from None
+        prefix = [
+            self._setpriv,
+            f"--reuid={account.pw_uid}",
+            f"--regid={account.pw_gid}",
+            "--init-groups",
+            "--",
+        ]
+        return prefix, account
 
     def launch(
         self, job_id: int, spec: JobSpec, stdout: OutputSpool, stderr: OutputSpool
@@ -240,6 +264,12 @@ class LocalExecutor:
         env = job_environment(spec, job_id, self._base_env)
         argv = spec.argv()
         directory = spec.working_directory or self._default_directory
+        switch_user: list[str] = []
+        if spec.user is not None:
+            switch_user, account = self._switch_user(spec.user)
+            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+            env.update(spec.environment)
+            directory = spec.working_directory or account.pw_dir or "/"
         process = _JobProcess(
             self._clock,
             self._os,
@@ -261,7 +291,7 @@ class LocalExecutor:
                     raise SpawnError(f"{argv[0]}: executable not found")
             try:
                 transport = self._reactor.spawnProcess(
-                    process, self._setsid, [self._setsid, "--", *argv], env=env
+                    process, self._setsid, [self._setsid, "--", *switch_user, *argv], env=env
                 )
             except OSError as e:
                 raise SpawnError(f"{argv[0]}: {os.strerror(e.errno or errno.EIO)}") from None
@@ -270,6 +300,7 @@ class LocalExecutor:
             os.fchdir(home)
             os.close(home)
         process.pid = transport.pid or 0
+        # setsid (and setpriv) exec the job in place, so the pid is the job's.
         # twisted.internet.process.Process is a producer; the interface does not say so.
         flow: Any = transport
         stdout.set_flow(flow.pauseProducing, flow.resumeProducing)

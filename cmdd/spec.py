@@ -17,7 +17,7 @@ from cmdd.errors import SpecError
 
 #: Fields the design names but this server does not implement yet: rejected
 #: with a clear code instead of being silently ignored.
-UNSUPPORTED_FIELDS = frozenset({"user", "run_at", "webhooks"})
+UNSUPPORTED_FIELDS = frozenset({"run_at", "webhooks"})
 
 KNOWN_FIELDS = frozenset(
     {
@@ -29,6 +29,7 @@ KNOWN_FIELDS = frozenset(
         "umask",
         "timeout",
         "labels",
+        "user",
     }
 )
 
@@ -43,6 +44,7 @@ MAX_PATH_CHARS = 4096
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
+_UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
 _UMASK = re.compile(r"0?[0-7]{3}\Z")
 
 
@@ -58,6 +60,7 @@ class JobSpec:
     umask: str | None = None
     timeout: float | None = None
     labels: Mapping[str, str] = {}
+    user: str | None = None
 
     def argv(self) -> tuple[str, ...]:
         """The argument vector to execute: C{/bin/sh -c command} or the list."""
@@ -89,6 +92,8 @@ class JobSpec:
             out["timeout"] = self.timeout
         if self.labels:
             out["labels"] = dict(self.labels)
+        if self.user is not None:
+            out["user"] = self.user
         return out
 
 
@@ -252,7 +257,13 @@ def parse_spec(body: object) -> JobSpec:
             MAX_LABELS,
             MAX_LABEL_VALUE_CHARS,
         )
+    user = None
+    if body.get("user") is not None:
+        user = _text(body["user"], "user", "INVALID_USER", 32)
+        if not _UNIX_USER.match(user):
+            raise SpecError("INVALID_USER", "user must be a Unix user name", "user")
     return JobSpec(
+        user=user,
         command=command,
         command_line=command_line,
         environment=environment,

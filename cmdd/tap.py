@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.procutils import which
 
 from cmdd import __version__
+from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
+from cmdd.auth import AuthGate, FailureThrottle, RunAsPolicy, make_portal
 from cmdd.config import (
     ConfigError,
     Settings,
     build_settings,
     load_toml,
     needs_generated_certificate,
+    split_endpoint,
     with_certificate,
 )
 from cmdd.history import History, Retention
@@ -36,10 +42,14 @@ from cmdd.manager import JobManager, Limits
 from cmdd.runner import LocalExecutor
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
-from cmdd.tls import ensure_self_signed, fingerprint
+from cmdd.tls import ReloadableTLS, ensure_self_signed, fingerprint
+from cmdd.users import UserError
 from cmdd.web import make_site
 
 log = Logger()
+
+#: How often the users file is checked for changes (a stat call).
+USERS_POLL_SECONDS = 2.0
 
 
 _SETTING_OPTIONS = (
@@ -54,6 +64,7 @@ _SETTING_OPTIONS = (
     "journal-compact-bytes",
     "retain-days",
     "retain-jobs",
+    "client-ca",
 )
 
 
@@ -95,6 +106,7 @@ class Options(usage.Options):
             None,
             "Compact the journal when it grows past this size [default: 64 MiB].",
         ],
+        ["client-ca", None, None, "Require client certificates signed by this CA (PEM)."],
         ["retain-days", None, None, "At compaction, drop finished jobs older than this."],
         ["retain-jobs", None, None, "At compaction, keep only this many newest finished jobs."],
     ]
@@ -102,6 +114,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["run-as"] = []
+
+    def opt_run_as(self, mapping: str) -> None:
+        """CMDD_USER=UNIX_USER[,UNIX_USER]: allow running jobs as those users (repeatable)."""
+        self["run-as"].append(mapping)
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to serve on, repeatable [default: ssl:8443:interface=127.0.0.1]."""
@@ -119,6 +136,7 @@ class Options(usage.Options):
                 file_values = load_toml(self["config"])
             overrides = {key.replace("-", "_"): self[key] for key in _SETTING_OPTIONS}
             overrides["listen"] = self["listen"] or None
+            overrides["run_as"] = self["run-as"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             overrides["journal_recover"] = True if self["journal-recover"] else None
             self["settings"] = build_settings(file_values, overrides)
@@ -158,6 +176,7 @@ class CmddService(MultiService):
             which("setsid")[0] if which("setsid") else "/usr/bin/setsid",
             base_environment={"HOME": home},
             default_directory=home,
+            setpriv_path=next(iter(which("setpriv")), None),
         )
         self.manager = JobManager(
             self.history,
@@ -173,11 +192,26 @@ class CmddService(MultiService):
                 kill_grace=settings.kill_grace,
             ),
         )
-        self.api = CmddAPI(self.manager, deferToThread)
-        self.site = make_site(
-            self.api.app.resource(), settings.max_body_bytes, settings.idle_timeout
+        self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
+        self.api = CmddAPI(
+            self.manager,
+            deferToThread,
+            self.accounts,
+            RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
         )
+        portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
+        self.gate = AuthGate(
+            self.api.app.resource(),
+            portal,
+            FailureThrottle(reactor),
+            self.accounts.users,
+            client_certificates=settings.client_ca is not None,
+        )
+        self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
+        self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
+        self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
+        self._tls: list[ReloadableTLS] = []
 
     def startService(self) -> None:
         settings = self.settings
@@ -186,7 +220,8 @@ class CmddService(MultiService):
         try:
             self._lock = lock_data_dir(settings.data_dir)
             self._restore_history()
-        except (DataDirLocked, JournalCorrupt) as e:
+            self.accounts.load()
+        except (DataDirLocked, JournalCorrupt, UserError) as e:
             log.critical("cannot start: {why}", why=str(e))
             raise SystemExit(f"cmdd: {e}") from None
         descriptions = settings.listen
@@ -202,12 +237,12 @@ class CmddService(MultiService):
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
         self.io.start()
+        self._users_watch.start(USERS_POLL_SECONDS, now=False)
+        signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
         self.manager.startService()
         for description in descriptions:
-            listener = StreamServerEndpointService(
-                serverFromString(self._reactor, description), self.site
-            )
+            listener = StreamServerEndpointService(self._endpoint(description), self.site)
             # Fail start-up loudly (port in use, bad key) instead of serving nothing.
             listener._raiseSynchronously = True
             listener.startService()
@@ -238,7 +273,52 @@ class CmddService(MultiService):
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
 
+    def _endpoint(self, description: str) -> Any:
+        """An endpoint for C{description}; C{ssl:} ones get cmdd's hardened,
+        reloadable TLS settings instead of Twisted's defaults."""
+        kind, args, kwargs = split_endpoint(description)
+        if kind != "ssl":
+            return serverFromString(self._reactor, description)
+        try:
+            tls = ReloadableTLS(
+                kwargs["privateKey"],
+                kwargs.get("certKey", kwargs["privateKey"]),
+                kwargs.get("extraCertChain"),
+                self.settings.client_ca,
+            )
+        except (OSError, ValueError, SSL.Error) as e:
+            raise SystemExit(f"cmdd: cannot load TLS files for {description!r}: {e}") from None
+        self._tls.append(tls)
+        port = int(args[0] if args else kwargs["port"])
+        return SSL4ServerEndpoint(
+            self._reactor,
+            port,
+            tls,
+            backlog=int(kwargs.get("backlog", 50)),
+            interface=kwargs.get("interface", ""),
+        )
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        # Signal handlers run between bytecodes; do the work in the reactor.
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Re-read what an operator may change without a restart (SIGHUP)."""
+        log.info("SIGHUP: reloading users and TLS certificates")
+        self.accounts.reload_users()
+        for tls in self._tls:
+            try:
+                tls.reload()
+            except (OSError, ValueError, SSL.Error) as e:
+                log.error(
+                    "keeping the previous certificate for {path}: {why}",
+                    path=tls.cert_path,
+                    why=str(e),
+                )
+
     async def _stop(self) -> None:
+        if self._users_watch.running:
+            self._users_watch.stop()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []

@@ -10,10 +10,14 @@ import pytest
 from fakes import FakeExecutor, InlineIO
 from twisted.internet.task import Clock
 
+from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
+from cmdd.auth import AuthGate, FailureThrottle, make_portal
 from cmdd.history import History, MemoryLog
 from cmdd.manager import JobManager, Limits
 from cmdd.store import JobStore
+from cmdd.tokens import issue
+from cmdd.users import User, hash_password, write_users
 from cmdd.web import make_site
 
 JSON = {"Content-Type": "application/json"}
@@ -34,17 +38,36 @@ class Client:
             str(tmp_path), Limits(**limits),
         )
         self.manager.startService()
-        api = CmddAPI(self.manager, io.run)
-        self.treq = StubTreq(api.app.resource())
+        self.accounts = Accounts(str(tmp_path), self.clock, io.run)
+        self.accounts.load()
+        self.admin_token = (tmp_path / "admin.token").read_text().strip()
+        self.token = self.admin_token
+        self.api = CmddAPI(self.manager, io.run, self.accounts)
+        portal = make_portal(self.accounts.users, self.accounts.book_view, self.clock, io.run)
+        self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(self.clock))
+        self.treq = StubTreq(self.gate)
         # Serve through cmdd's own request class, as the daemon does.
-        site = make_site(api.app.resource(), max_body=4096, idle_timeout=60)
+        site = make_site(self.gate, max_body=4096, idle_timeout=60)
         self.treq._agent._serverFactory.requestFactory = site.requestFactory
+
+    def add_user(self, name: str, role: str = "user", password: str = "secret") -> str:
+        """Create a user (cheap hash, for speed) and return a bearer token for it."""
+        users = dict(self.accounts.users())
+        users[name] = User(name, role, hash_password(password, n=2**4))
+        write_users(self.accounts.users_path, users)
+        self.accounts.reload_users()
+        token, secret = issue(name, self.clock.seconds(), 3600)
+        self.accounts.book.add(token)
+        return secret
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[Any, bytes]:
         if raw is None and body is not None:
             raw = json.dumps(body, ensure_ascii=False).encode("utf-8")
             headers = {**JSON, **(headers or {})}
+        headers = dict(headers or {})
+        if self.token is not None:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
         results: list[Any] = []
         d = self.treq.request(method, "http://cmdd.test" + path, data=raw, headers=headers,
                               allow_redirects=False)
@@ -129,10 +152,10 @@ def test_pagination_with_next_link(client: Client) -> None:
     for _ in range(2):
         client.json("POST", "/api/jobs", {"command": "true"})
     code, listing, headers = client.json("GET", "/api/jobs?limit=1")
-    assert [j["id"] for j in listing["jobs"]] == [2]
+    assert code == 200 and [j["id"] for j in listing["jobs"]] == [2]
     assert listing["next"] == "/api/jobs?limit=1&cursor=2"
     assert headers.getRawHeaders("link") == ['</api/jobs?limit=1&cursor=2>; rel="next"']
-    code, listing, _ = client.json("GET", listing["next"])
+    _code, listing, _ = client.json("GET", listing["next"])
     assert [j["id"] for j in listing["jobs"]] == [1] and listing["next"] is None
 
 
@@ -159,7 +182,8 @@ def test_cancel_with_patch(client: Client) -> None:
     client.clock.advance(0)
     results: list[Any] = []
     d = client.treq.request(
-        "PATCH", "http://cmdd.test/api/jobs/1", data=b'{"status": "cancelled"}', headers=JSON
+        "PATCH", "http://cmdd.test/api/jobs/1", data=b'{"status": "cancelled"}',
+        headers={**JSON, "Authorization": f"Bearer {client.token}"},
     )
     d.addCallback(client.treq.json_content).addCallback(results.append)
     client.treq.flush()
@@ -264,3 +288,51 @@ def test_health_and_metrics(client: Client) -> None:
     text = content.decode()
     assert "cmdd_jobs_submitted_total 1" in text
     assert 'cmdd_jobs{state="queued"} 1' in text
+
+
+def _pending(client: Client, path: str) -> list[Any]:
+    results: list[Any] = []
+    d = client.treq.request("GET", "http://cmdd.test" + path, allow_redirects=False,
+                            headers={"Authorization": f"Bearer {client.token}"})
+    d.addCallback(lambda r: client.treq.content(r).addCallback(
+        lambda body: results.append((r.code, json.loads(body), r.headers))))
+    client.treq.flush()
+    return results
+
+
+def test_long_poll_answers_when_the_job_ends(client: Client) -> None:
+    """?wait=S holds the request until the job is final, then answers 303."""
+    client.json("POST", "/api/jobs", {"command": "sleep 1"})
+    client.clock.advance(0)
+    results = _pending(client, "/api/statuses/1?wait=30")
+    assert results == []
+    client.clock.advance(10)
+    client.treq.flush()
+    assert results == []
+    client.executor.by_job(1).finish(0)
+    client.treq.flush()
+    code, status, headers = results[0]
+    assert code == 303 and status["done"] is True
+    assert headers.getRawHeaders("location") == ["/api/results/1"]
+    timers = [c for c in client.clock.getDelayedCalls() if c.func.__name__ == "cancel"]
+    assert timers == [], "the wait timer was cancelled"
+
+
+def test_long_poll_times_out_with_the_current_status(client: Client) -> None:
+    """When the wait ends first, the answer is 200 with the current state."""
+    client.json("POST", "/api/jobs", {"command": "sleep 100"})
+    client.clock.advance(0)
+    results = _pending(client, "/api/statuses/1?wait=5")
+    client.clock.advance(5)
+    client.treq.flush()
+    code, status, _ = results[0]
+    assert code == 200 and status["state"] == "running" and status["done"] is False
+    assert client.manager._final_waiters.get(1) == [], "no waiter left behind"
+
+
+@pytest.mark.parametrize("wait", ["-1", "301", "soon", "nan", "inf"])
+def test_bad_wait_is_400(client: Client, wait: str) -> None:
+    """wait is bounded (0 to 300 seconds) and must be a number."""
+    client.json("POST", "/api/jobs", {"command": "true"})
+    code, body, _ = client.json("GET", f"/api/statuses/1?wait={wait}")
+    assert code == 400 and body["error"]["field"] == "wait"

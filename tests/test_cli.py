@@ -84,3 +84,33 @@ def test_compact_refuses_while_the_daemon_runs(
     lock_data_dir(str(tmp_path))
     assert main(["journal", "compact", "-d", str(tmp_path)]) == 1
     assert "another cmdd process" in capsys.readouterr().err
+
+
+def test_user_add_list_passwd_remove(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cmdd user` manages the users file: add prints only the password on stdout,
+    the file is 0600 with scrypt hashes, passwd changes it, remove deletes."""
+    from cmdd.users import read_users, verify_password
+
+    data = str(tmp_path)
+    assert main(["user", "add", "alice", "--role", "admin", "-d", data]) == 0
+    captured = capsys.readouterr()
+    password = captured.out.strip()
+    assert len(password) >= 16 and "\n" not in password and "alice" in captured.err
+    users = read_users(str(tmp_path / "users"))
+    assert users["alice"].role == "admin"
+    assert verify_password(password, users["alice"].password_hash)
+    assert (tmp_path / "users").stat().st_mode & 0o777 == 0o600
+    assert main(["user", "add", "alice", "-d", data]) == 1
+    assert "already exists" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("new-pass\n"))
+    assert main(["user", "passwd", "alice", "--password-stdin", "-d", data]) == 0
+    assert capsys.readouterr().out == ""
+    assert verify_password("new-pass", read_users(str(tmp_path / "users"))["alice"].password_hash)
+    assert main(["user", "list", "-d", data]) == 0
+    assert capsys.readouterr().out == "alice\tadmin\n"
+    assert main(["user", "remove", "alice", "-d", data]) == 0
+    assert main(["user", "remove", "alice", "-d", data]) == 1
+    assert main(["user", "add", "Bad Name", "-d", data]) == 1
+    assert "invalid user name" in capsys.readouterr().err

@@ -38,8 +38,10 @@ def free_port() -> int:
 class Daemon:
     """A twistd cmdd process on a loopback port, restartable on one data dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_args = list(extra_args or [])
+        self.token: str | None = None
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = open(data_dir.parent / "daemon.log", "ab")
@@ -48,7 +50,7 @@ class Daemon:
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "cmdd", "--data-dir", str(self.data_dir),
              "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--max-running", "4",
-             "--kill-grace", "1"],
+             "--kill-grace", "1", *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -56,6 +58,8 @@ class Daemon:
             assert self.process.poll() is None, "the daemon must always start"
             try:
                 if self.get("/healthz")[0] == 200:
+                    # The first start wrote the admin's token (see README).
+                    self.token = (self.data_dir / "admin.token").read_text().strip()
                     return
             except OSError:
                 time.sleep(0.05)
@@ -80,6 +84,8 @@ class Daemon:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
             data = json.dumps(body).encode() if body is not None else None
             connection.request(method, path, body=data, headers=headers)
             response = connection.getresponse()

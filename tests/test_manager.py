@@ -11,8 +11,8 @@ from fakes import FakeExecutor, InlineIO
 from twisted.internet.task import Clock
 
 from cmdd.errors import ClientError
-from cmdd.jobs import Job, State
 from cmdd.history import History, MemoryLog
+from cmdd.jobs import Job, State
 from cmdd.manager import JobManager, Limits
 from cmdd.spec import parse_spec
 from cmdd.store import JobStore
@@ -220,3 +220,13 @@ def test_when_final_gives_each_waiter_its_own_deferred(world: World) -> None:
     second.addCallback(results.append)
     world.executor.by_job(1).finish(0)
     assert results[0].state is State.SUCCEEDED
+
+
+def test_abandoned_waiters_are_forgotten(world: World) -> None:
+    """A waiter whose client went away (cancelled) leaves nothing behind."""
+    world.submit()
+    world.clock.advance(0)
+    waiter = world.manager.when_final(1)
+    waiter.addErrback(lambda _: None)
+    waiter.cancel()
+    assert world.manager._final_waiters[1] == []

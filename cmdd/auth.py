@@ -1,0 +1,353 @@
+"""Authentication: twisted.cred checkers and realm, throttling, and the gate.
+
+Every request but C{GET /healthz} passes L{AuthGate} before it reaches a
+route, so a route added later cannot forget to check: the gate, not each
+handler, decides. Bearer tokens work everywhere; HTTP Basic (user and
+password) only where a token is made, C{POST /api/tokens}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import Attribute, Interface, implementer
+
+from cmdd.errors import ClientError
+from cmdd.tls import peer_common_name
+from cmdd.tokens import TokenBook
+from cmdd.users import User, verify_password
+from cmdd.web import respond_json
+
+log = Logger()
+
+REALM = "cmdd"
+BASIC_PATHS = frozenset({(b"POST", b"/api/tokens")})
+PUBLIC_PATHS = frozenset({b"/healthz"})
+#: A valid hash to check against for unknown users, so a miss takes as long.
+_DUMMY_HASH = (
+    "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+)
+
+
+class IBearerToken(ICredentials):
+    """A bearer token presented in an C{Authorization} header."""
+
+    token = Attribute("the token string")
+
+
+@implementer(IBearerToken)
+@attrs.frozen(repr=False)
+class BearerToken:
+    """Bearer credentials (the repr never shows the token)."""
+
+    token: str
+
+
+class IPrincipal(Interface):
+    """The authenticated cmdd user a request acts for."""
+
+
+@implementer(IPrincipal)
+@attrs.frozen
+class Principal:
+    """Who is asking: a name and a role."""
+
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        """Admins see and manage every job."""
+        return self.role == "admin"
+
+    def may_see(self, owner: str) -> bool:
+        """Whether this principal may see a job owned by C{owner}."""
+        return self.is_admin or owner == self.name
+
+
+Users = Callable[[], dict[str, User]]
+Blocking = Callable[..., Deferred[Any]]
+
+
+@implementer(ICredentialsChecker)
+class TokenChecker:
+    """Checks bearer tokens against the token book."""
+
+    credentialInterfaces = (IBearerToken,)
+
+    def __init__(self, book: Callable[[], TokenBook], clock: IReactorTime) -> None:
+        self._book = book
+        self._clock = clock
+
+    def requestAvatarId(self, credentials: IBearerToken) -> Deferred[Any]:
+        token = self._book().check(credentials.token, self._clock.seconds())
+        if token is None:
+            return fail(UnauthorizedLogin("invalid, expired or revoked token"))
+        return succeed(token.owner)
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """Checks user names and passwords (scrypt, on a thread)."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, users: Users, run_blocking: Blocking) -> None:
+        self._users = users
+        self._run_blocking = run_blocking
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
+        name = credentials.username.decode("utf-8", "replace")
+        password = credentials.password.decode("utf-8", "replace")
+        user = self._users().get(name)
+        encoded = user.password_hash if user is not None else _DUMMY_HASH
+
+        def checked(ok: bool) -> str:
+            if not ok or user is None:
+                raise UnauthorizedLogin("wrong user name or password")
+            return name
+
+        d: Deferred[bool] = self._run_blocking(verify_password, password, encoded)
+        return d.addCallback(checked)
+
+
+@implementer(IRealm)
+class CmddRealm:
+    """Turns an authenticated name into a L{Principal} (if the user still exists)."""
+
+    def __init__(self, users: Users) -> None:
+        self._users = users
+
+    def requestAvatar(
+        self, avatarId: Any, mind: object, *interfaces: Any
+    ) -> tuple[Any, Principal, Callable[[], None]]:
+        if IPrincipal not in interfaces:
+            raise NotImplementedError("cmdd only has principals")
+        user = self._users().get(avatarId)
+        if user is None:
+            raise UnauthorizedLogin("the user no longer exists")
+        return IPrincipal, Principal(user.name, user.role), lambda: None
+
+
+def make_portal(
+    users: Users, book: Callable[[], TokenBook], clock: IReactorTime, run_blocking: Blocking
+) -> Portal:
+    """The portal with both checkers."""
+    return Portal(
+        CmddRealm(users), [TokenChecker(book, clock), PasswordChecker(users, run_blocking)]
+    )
+
+
+class FailureThrottle:
+    """Slows down guessing: too many failures from one address answer 429.
+
+    Per address, failures in the last C{window} seconds are counted; at
+    C{max_failures} the address must wait until the oldest one ages out.
+    Other addresses are unaffected. At most C{max_tracked} addresses are
+    remembered (the least recently failing are forgotten first).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_failures: int = 10,
+        window: float = 60.0,
+        max_tracked: int = 10_000,
+    ) -> None:
+        self._clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self._max_tracked = max_tracked
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds this address must wait, or C{None} if it may try now."""
+        failures = self._failures.get(address)
+        if failures is None:
+            return None
+        now = self._clock.seconds()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+            return None
+        if len(failures) < self.max_failures:
+            return None
+        return failures[0] + self.window - now
+
+    def failed(self, address: str) -> None:
+        """Count a failed attempt from this address."""
+        failures = self._failures.pop(address, None) or collections.deque()
+        failures.append(self._clock.seconds())
+        self._failures[address] = failures
+        while len(self._failures) > self._max_tracked:
+            self._failures.popitem(last=False)
+
+
+@attrs.frozen
+class RunAsPolicy:
+    """Which cmdd user may run jobs as which Unix users (an allow-list).
+
+    Only a daemon running as root can switch users; everyone else gets a
+    clear 403 instead of a job that fails later.
+    """
+
+    allowed: frozenset[tuple[str, str]] = frozenset()
+    daemon_is_root: bool = False
+
+    def check(self, principal: Principal, unix_user: str) -> None:
+        """Allow, or raise a 403 that says why not."""
+        if not self.daemon_is_root:
+            raise ClientError(
+                "RUN_AS_UNAVAILABLE",
+                "this daemon does not run as root, so it cannot run jobs as another user",
+                status=403,
+                field="user",
+            )
+        if (principal.name, unix_user) not in self.allowed:
+            raise ClientError(
+                "RUN_AS_FORBIDDEN",
+                f"{principal.name} may not run jobs as Unix user {unix_user!r}",
+                status=403,
+                field="user",
+            )
+
+
+def principal_of(request: IRequest) -> Principal:
+    """The principal L{AuthGate} attached to this request."""
+    principal = getattr(request, "cmdd_principal", None)
+    if not isinstance(principal, Principal):
+        raise ClientError("UNAUTHENTICATED", "authentication required", status=401)
+    return principal
+
+
+def _unauthorized(message: str, scheme: str = "Bearer") -> ClientError:
+    return ClientError(
+        "UNAUTHENTICATED",
+        message,
+        status=401,
+        headers={"WWW-Authenticate": f'{scheme} realm="{REALM}"'},
+    )
+
+
+def parse_authorization(header: str | None, basic_allowed: bool) -> ICredentials:
+    """Credentials from an C{Authorization} header.
+
+    @raise ClientError: 401, saying what is missing or malformed.
+    """
+    if not header:
+        raise _unauthorized("send Authorization: Bearer <token> (see POST /api/tokens)")
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme == "bearer" and value:
+        return BearerToken(value)
+    if scheme == "basic" and basic_allowed:
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _unauthorized("malformed Basic credentials", "Basic") from None
+        name, sep, password = decoded.partition(b":")
+        if not sep:
+            raise _unauthorized("malformed Basic credentials", "Basic")
+        return UsernamePassword(name, password)
+    if scheme == "basic":
+        raise _unauthorized("passwords are only accepted at POST /api/tokens; use a bearer token")
+    raise _unauthorized("unsupported authorization scheme; use Bearer")
+
+
+class AuthGate(Resource):
+    """Authenticates every request (but public paths) before the API sees it."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        inner: IResource,
+        portal: Portal,
+        throttle: FailureThrottle,
+        users: Users = dict,
+        client_certificates: bool = False,
+    ) -> None:
+        super().__init__()
+        self._inner = inner
+        self._portal = portal
+        self._throttle = throttle
+        self._users = users
+        self._client_certificates = client_certificates
+
+    def render(self, request: IRequest) -> Any:
+        if request.path in PUBLIC_PATHS:
+            return self._inner.render(request)
+        d = Deferred.fromCoroutine(self._authenticate(request))
+        d.addCallbacks(self._admit, self._refuse, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    async def _authenticate(self, request: IRequest) -> Principal:
+        address = _address(request)
+        wait = self._throttle.retry_after(address)
+        if wait is not None:
+            raise ClientError(
+                "TOO_MANY_FAILURES",
+                "too many failed logins from your address; try again later",
+                status=429,
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
+        header = request.getHeader("authorization")
+        if not header and self._client_certificates:
+            # Mutual TLS: the handshake verified the certificate against the
+            # client CA; its common name names the cmdd user.
+            name = peer_common_name(getattr(request, "transport", None))
+            user = self._users().get(name) if name else None
+            if user is not None:
+                return Principal(user.name, user.role)
+        basic_allowed = (request.method, request.path) in BASIC_PATHS
+        credentials = parse_authorization(header, basic_allowed)
+        try:
+            _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
+        except UnauthorizedLogin:
+            self._throttle.failed(address)
+            if IUsernamePassword.providedBy(credentials):
+                raise _unauthorized("wrong user name or password", "Basic") from None
+            raise _unauthorized("invalid, expired or revoked token") from None
+        assert isinstance(principal, Principal)
+        return principal
+
+    def _admit(self, principal: Principal, request: IRequest) -> None:
+        request.cmdd_principal = principal  # type: ignore[attr-defined]
+        body = self._inner.render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _refuse(self, failure: Any, request: IRequest) -> None:
+        error = failure.value
+        if not isinstance(error, ClientError):
+            log.failure("authentication failed unexpectedly", failure)
+            error = ClientError("INTERNAL_ERROR", "the server failed; see its log", status=500)
+        if getattr(request, "finished", False) or getattr(request, "_disconnected", False):
+            return
+        request.write(respond_json(request, error.to_json(), error.status, error.headers))
+        request.finish()
+
+
+def _address(request: IRequest) -> str:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", "unix"))

@@ -1,0 +1,279 @@
+"""Who may do what: tokens, passwords, throttling, and each user's own jobs."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_api import JSON, Client
+
+from cmdd.accounts import Accounts
+from cmdd.api import CmddAPI
+from cmdd.auth import parse_authorization
+from cmdd.errors import ClientError
+from cmdd.tokens import TokenBook, issue
+from cmdd.users import parse_users, verify_password
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Client:
+    return Client(tmp_path, max_running=4, max_queued=100)
+
+
+def basic(name: str, password: str) -> dict[str, str]:
+    encoded = base64.b64encode(f"{name}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {encoded}"}
+
+
+def routes() -> list[tuple[str, str]]:
+    """Every (method, concrete path) in the app's routing table."""
+    out = []
+    for rule in CmddAPI.app.url_map.iter_rules():
+        path = re.sub(r"<(\w+:)?job_id>", "1", rule.rule)
+        path = path.replace("<stream>", "stdout").replace("<token_id>", "abc")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            out.append((method, path))
+    return out
+
+
+def test_routing_table_is_walked() -> None:
+    """The walk below sees the routes (so it cannot pass by seeing none)."""
+    found = routes()
+    assert ("POST", "/api/jobs") in found and ("GET", "/healthz") in found
+    assert len(found) >= 15
+
+
+@pytest.mark.parametrize(("method", "path"), routes())
+def test_every_route_but_healthz_needs_a_token(client: Client, method: str, path: str) -> None:
+    """Without a token every route answers 401 + WWW-Authenticate: Bearer; only
+    /healthz is public. A route added later without auth fails here."""
+    client.token = None
+    response, content = client.request(method, path, raw=b"{}", headers=JSON)
+    if path == "/healthz":
+        assert response.code == 200
+        return
+    assert response.code == 401, (method, path, content)
+    assert response.headers.getRawHeaders("www-authenticate") == ['Bearer realm="cmdd"']
+
+
+def test_unknown_routes_do_not_leak_without_a_token(client: Client) -> None:
+    """Even a 404 needs a token: the route table is not revealed to strangers."""
+    client.token = None
+    code, body, _ = client.json("GET", "/api/secret-admin-thing")
+    assert code == 401 and body["error"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer nope", "Bearer cmdd_0123456789abcdef_" + "A" * 43, "Token abc", "Bearer"]
+)
+def test_bad_tokens_are_401(client: Client, header: str) -> None:
+    """A wrong, malformed or unknown token is refused with a JSON 401."""
+    client.token = None
+    code, body, headers = client.json("GET", "/api/jobs", headers={"Authorization": header})
+    assert code == 401 and body["error"]["code"] == "UNAUTHENTICATED"
+    assert headers.getRawHeaders("www-authenticate") == ['Bearer realm="cmdd"']
+
+
+def test_password_gives_a_token_that_works_until_revoked(client: Client) -> None:
+    """POST /api/tokens with Basic → 201 with the token once; listing never shows
+    secrets; after DELETE the token is refused at once."""
+    client.add_user("alice", password="pw-alice")
+    client.token = None
+    code, created, headers = client.json(
+        "POST", "/api/tokens", {"expires_in": 600, "description": "ci"},
+        headers=basic("alice", "pw-alice"),
+    )
+    assert code == 201 and created["owner"] == "alice" and created["description"] == "ci"
+    assert created["token"].startswith("cmdd_") and len(created["token"]) >= 60
+    assert headers.getRawHeaders("cache-control") == ["no-store"]
+    client.token = created["token"]
+    code, listing, _ = client.json("GET", "/api/tokens")
+    assert code == 200 and created["id"] in [t["id"] for t in listing["tokens"]]
+    assert created["token"] not in str(listing) and "hash" not in str(listing)
+    response, _ = client.request("DELETE", f"/api/tokens/{created['id']}")
+    assert response.code == 204
+    code, _body, _ = client.json("GET", "/api/jobs")
+    assert code == 401
+
+
+def test_tokens_expire(client: Client) -> None:
+    """A token stops working when it expires."""
+    client.add_user("alice", password="pw")
+    client.token = None
+    _, created, _ = client.json("POST", "/api/tokens", {"expires_in": 10},
+                                headers=basic("alice", "pw"))
+    client.token = created["token"]
+    assert client.json("GET", "/api/jobs")[0] == 200
+    client.clock.advance(11)
+    assert client.json("GET", "/api/jobs")[0] == 401
+
+
+def test_token_request_limits(client: Client) -> None:
+    """Token lifetimes are bounded and the body is checked."""
+    code, body, _ = client.json("POST", "/api/tokens", {"expires_in": 10**9})
+    assert code == 400 and body["error"]["code"] == "INVALID_EXPIRES_IN"
+    code, body, _ = client.json("POST", "/api/tokens", {"scope": "all"})
+    assert code == 400 and body["error"]["code"] == "INVALID_TOKEN_REQUEST"
+
+
+def test_passwords_only_where_tokens_are_made(client: Client) -> None:
+    """Basic credentials are refused on job routes: use a bearer token."""
+    client.add_user("alice", password="pw")
+    client.token = None
+    code, body, _ = client.json("GET", "/api/jobs", headers=basic("alice", "pw"))
+    assert code == 401 and "bearer" in body["error"]["message"]
+
+
+def test_wrong_password_is_401_basic(client: Client) -> None:
+    """A wrong password answers 401 with WWW-Authenticate: Basic."""
+    client.add_user("alice", password="pw")
+    client.token = None
+    code, _body, headers = client.json("POST", "/api/tokens", raw=b"",
+                                      headers=basic("alice", "nope"))
+    assert code == 401
+    assert headers.getRawHeaders("www-authenticate") == ['Basic realm="cmdd"']
+
+
+def test_brute_force_is_throttled_then_forgiven(client: Client) -> None:
+    """Ten failures in a minute from one address get 429 + Retry-After, even for
+    the right password; after the window the right password works again."""
+    client.add_user("alice", password="right")
+    client.token = None
+    for _ in range(10):
+        code, _, _ = client.json("POST", "/api/tokens", raw=b"", headers=basic("alice", "x"))
+        assert code == 401
+    code, body, headers = client.json("POST", "/api/tokens", raw=b"",
+                                      headers=basic("alice", "right"))
+    assert code == 429 and body["error"]["code"] == "TOO_MANY_FAILURES"
+    assert 1 <= int(headers.getRawHeaders("retry-after")[0]) <= 60
+    client.clock.advance(61)
+    code, _, _ = client.json("POST", "/api/tokens", raw=b"", headers=basic("alice", "right"))
+    assert code == 201
+
+
+def test_users_see_only_their_own_jobs(client: Client) -> None:
+    """Each user lists and reads only their jobs (others' ids are 404); the admin
+    sees all and can filter by owner; cancel and delete are audited."""
+    alice = client.add_user("alice")
+    bob = client.add_user("bob")
+    client.token = alice
+    client.json("POST", "/api/jobs", {"command": "true"})
+    client.token = bob
+    client.json("POST", "/api/jobs", {"command": "true"})
+    for path, key in (("/api/jobs", "jobs"), ("/api/statuses", "statuses")):
+        client.token = alice
+        assert [j["id"] for j in client.json("GET", path)[1][key]] == [1]
+        client.token = bob
+        assert [j["id"] for j in client.json("GET", path)[1][key]] == [2]
+        client.token = client.admin_token
+        assert [j["id"] for j in client.json("GET", path)[1][key]] == [2, 1]
+    client.token = bob
+    for method, path in (("GET", "/api/jobs/1"), ("GET", "/api/statuses/1"),
+                         ("GET", "/api/results/1"), ("GET", "/api/jobs/1/output/stdout"),
+                         ("DELETE", "/api/jobs/1")):
+        code, body, _ = client.json(method, path)
+        assert code == 404 and body["error"]["code"] == "JOB_NOT_FOUND", (method, path)
+    code, body, _ = client.json("PATCH", "/api/jobs/1", {"status": "cancelled"})
+    assert code == 404
+    code, body, _ = client.json("GET", "/api/jobs?owner=alice")
+    assert code == 403 and body["error"]["field"] == "owner"
+    client.token = client.admin_token
+    code, listing, _ = client.json("GET", "/api/jobs?owner=bob")
+    assert [j["id"] for j in listing["jobs"]] == [2] and listing["jobs"][0]["owner"] == "bob"
+    client.clock.advance(0)
+    results: list[Any] = []
+    d = client.treq.request("PATCH", "http://cmdd.test/api/jobs/1", data=b'{"status":"cancelled"}',
+                            headers={**JSON, "Authorization": f"Bearer {client.admin_token}"})
+    d.addCallback(client.treq.json_content).addCallback(results.append)
+    client.executor.by_job(1).finish(None, signal=15)
+    client.treq.flush()
+    assert results[0]["cancelled_by"] == "admin" and results[0]["reason"] == "cancelled by admin"
+
+
+def test_removed_user_tokens_stop_working(client: Client) -> None:
+    """Removing a user makes its tokens fail at once (no restart needed)."""
+    alice = client.add_user("alice")
+    client.token = alice
+    assert client.json("GET", "/api/jobs")[0] == 200
+    users = dict(client.accounts.users())
+    del users["alice"]
+    from cmdd.users import write_users
+
+    write_users(client.accounts.users_path, users)
+    client.accounts.reload_users_if_changed()
+    assert client.json("GET", "/api/jobs")[0] == 401
+
+
+def test_token_check_compares_fixed_length_digests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secret is compared with hmac.compare_digest over SHA-256 hex digests of
+    equal length, for known and unknown ids alike, so a prefix match is not faster."""
+    token, secret = issue("alice", 0.0, 100.0)
+    book = TokenBook([token])
+    calls: list[tuple[int, int]] = []
+    real_compare = hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        calls.append((len(a), len(b)))
+        return real_compare(a, b)
+
+    monkeypatch.setattr("cmdd.tokens.hmac.compare_digest", spy)
+    assert book.check(secret, 1.0) == token
+    wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    assert book.check(wrong, 1.0) is None
+    assert book.check("cmdd_ffffffffffffffff_" + secret[-43:], 1.0) is None
+    assert calls == [(64, 64)] * 3
+    assert book.check(secret, 100.0) is None, "expired"
+
+
+def test_tokens_are_stored_hashed_and_survive_restart(tmp_path: Path, client: Client) -> None:
+    """The tokens file holds hashes, never secrets, and a restart keeps tokens."""
+    client.add_user("alice", password="pw")
+    client.token = None
+    _, created, _ = client.json("POST", "/api/tokens", raw=b"", headers=basic("alice", "pw"))
+    stored = (tmp_path / "tokens.json").read_text()
+    assert created["id"] in stored and created["token"][-43:] not in stored
+    assert (tmp_path / "tokens.json").stat().st_mode & 0o777 == 0o600
+    restarted = Accounts(str(tmp_path), client.clock, client.accounts._run_io)
+    restarted.load()
+    assert restarted.book.check(created["token"], client.clock.seconds()) is not None
+
+
+def test_first_start_creates_admin_and_token(tmp_path: Path) -> None:
+    """A fresh data dir gets an admin user and a 0600 admin.token that works."""
+    from fakes import InlineIO
+    from twisted.internet.task import Clock
+
+    accounts = Accounts(str(tmp_path), Clock(), InlineIO().run)
+    accounts.load()
+    token_file = tmp_path / "admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "users").stat().st_mode & 0o777 == 0o600
+    users = parse_users((tmp_path / "users").read_text())
+    assert users["admin"].role == "admin"
+    checked = accounts.book.check(token_file.read_text().strip(), 1.0)
+    assert checked is not None and checked.owner == "admin"
+
+
+def test_authorization_header_parsing() -> None:
+    """Malformed Basic credentials are a 401 that says so."""
+    with pytest.raises(ClientError) as info:
+        parse_authorization("Basic !!!", basic_allowed=True)
+    assert info.value.status == 401 and "malformed" in info.value.message
+    with pytest.raises(ClientError):
+        parse_authorization("Basic " + base64.b64encode(b"no-colon").decode(), True)
+
+
+def test_scrypt_hashes_verify() -> None:
+    """Passwords are stored as salted scrypt hashes and verified in constant time."""
+    from cmdd.users import hash_password
+
+    encoded = hash_password("hunter2", n=2**4)
+    assert encoded.startswith("scrypt$16$8$1$") and "hunter2" not in encoded
+    assert verify_password("hunter2", encoded)
+    assert not verify_password("hunter3", encoded)
+    assert not verify_password("hunter2", "md5$whatever")
+    assert hash_password("x", n=2**4) != hash_password("x", n=2**4), "salted"

@@ -1,0 +1,201 @@
+"""Real TLS: hardened defaults, certificate reload on SIGHUP, mutual TLS.
+
+A real twistd, certificates from trustme, and real clients: treq with a
+proper trust root, Python's ssl module and openssl s_client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import trustme
+
+pytestmark = pytest.mark.integration
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TLSDaemon:
+    """twistd cmdd serving TLS with a trustme certificate."""
+
+    def __init__(self, tmp_path: Path, client_ca: bool = False) -> None:
+        self.ca = trustme.CA()
+        self.tmp = tmp_path
+        self.key = tmp_path / "server.key"
+        self.cert = tmp_path / "server.pem"
+        self.issue_server_cert()
+        self.port = free_port()
+        args = [TWISTD, "-n", "--pidfile=", "cmdd", "--data-dir", str(tmp_path / "data"),
+                "--listen", f"ssl:{self.port}:interface=127.0.0.1:privateKey={self.key}"
+                f":certKey={self.cert}"]
+        if client_ca:
+            self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+            args += ["--client-ca", str(tmp_path / "ca.pem")]
+        self.log = open(tmp_path / "daemon.log", "wb")
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, (tmp_path / "daemon.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "daemon did not listen"
+                time.sleep(0.05)
+        self.token = (tmp_path / "data" / "admin.token").read_text().strip()
+
+    def issue_server_cert(self) -> trustme.LeafCert:
+        leaf = self.ca.issue_cert("localhost", "127.0.0.1")
+        leaf.private_key_pem.write_to_path(str(self.key))
+        leaf.cert_chain_pems[0].write_to_path(str(self.cert))
+        return leaf
+
+    def client_context(self, **kw: object) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        for name, value in kw.items():
+            setattr(context, name, value)
+        return context
+
+    def served_certificate(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw, \
+                self.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.log.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[TLSDaemon]:
+    d = TLSDaemon(tmp_path)
+    yield d
+    d.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_treq_with_a_proper_trust_root(daemon: TLSDaemon) -> None:
+    """A client that trusts only the CA verifies the server and gets JSON."""
+    import treq
+    from twisted.internet import reactor
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+    trust = Certificate.loadPEM(daemon.ca.cert_pem.bytes())
+    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
+    response = await treq.get(
+        f"https://localhost:{daemon.port}/api/jobs",
+        headers={"Authorization": f"Bearer {daemon.token}"},
+        agent=agent,
+        timeout=10,
+    )
+    assert response.code == 200
+    assert await response.json() == {"jobs": [], "next": None}
+    del optionsForClientTLS
+
+
+def test_old_tls_versions_are_refused(daemon: TLSDaemon) -> None:
+    """TLS 1.0 and 1.1 handshakes fail; TLS 1.2 and 1.3 work."""
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        context = daemon.client_context(minimum_version=version, maximum_version=version)
+        # Let this client offer the old protocol at all (OpenSSL 3 forbids it by default).
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as raw:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="localhost").close()
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = daemon.client_context(minimum_version=version, maximum_version=version)
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_openssl_s_client_sees_no_tls_1_1(daemon: TLSDaemon) -> None:
+    """openssl s_client: -tls1_1 fails, -tls1_2 negotiates a modern cipher."""
+    ca = daemon.tmp / "ca.pem"
+    daemon.ca.cert_pem.write_to_path(str(ca))
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{daemon.port}", "-CAfile", str(ca),
+            "-servername", "localhost"]
+    old = subprocess.run([*base, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+                         input=b"", capture_output=True, timeout=20)
+    assert old.returncode != 0
+    modern = subprocess.run([*base, "-tls1_2"], input=b"", capture_output=True, timeout=20)
+    out = modern.stdout.decode()
+    assert modern.returncode == 0, modern.stderr.decode()
+    assert "Verify return code: 0 (ok)" in out
+    assert "Protocol  : TLSv1.2" in out or "Protocol: TLSv1.2" in out
+    assert "Compression: NONE" in out
+    cipher = next(line for line in out.splitlines() if "Cipher is" in line)
+    assert "GCM" in cipher or "CHACHA20" in cipher, cipher
+
+
+def test_certificate_reload_on_sighup(daemon: TLSDaemon) -> None:
+    """After new certificate files and SIGHUP, new connections get the new
+    certificate; the listener never closes and a bad file keeps the old one."""
+    before = daemon.served_certificate()
+    daemon.issue_server_cert()
+    assert daemon.served_certificate() == before, "no reload before SIGHUP"
+    daemon.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while daemon.served_certificate() == before:
+        assert time.monotonic() < deadline, "certificate not reloaded"
+        time.sleep(0.05)
+    after = daemon.served_certificate()
+    daemon.cert.write_text("not a certificate")
+    daemon.process.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert daemon.served_certificate() == after
+    assert daemon.process.poll() is None
+
+
+def test_mutual_tls(tmp_path: Path) -> None:
+    """With --client-ca, a client without a certificate is refused; one with a
+    certificate whose CN is a cmdd user acts as that user, without a token."""
+    daemon = TLSDaemon(tmp_path, client_ca=True)
+    try:
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                tls = daemon.client_context().wrap_socket(raw, server_hostname="localhost")
+                tls.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                assert tls.recv(100) == b"", "server must not answer without a certificate"
+                raise ConnectionError("closed")
+        client = daemon.ca.issue_cert("admin.clients.test", common_name="admin")
+        context = daemon.client_context()
+        client.configure_cert(context)
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /api/jobs HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = b""
+            while chunk := tls.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200"), head
+        assert json.loads(body) == {"jobs": [], "next": None}
+    finally:
+        daemon.stop()
+    assert os.path.exists(tmp_path / "data" / "users")
