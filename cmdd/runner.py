@@ -145,6 +145,9 @@ class _JobProcess(ProcessProtocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        # Read the pid now: a child that exits at once is reaped inside
+        # spawnProcess, which then sets the transport's pid to None.
+        self.pid = self.transport.pid or 0
         if self._stdin:
             self.transport.write(self._stdin)
         self.transport.closeStdin()
@@ -181,6 +184,10 @@ class _JobProcess(ProcessProtocol):
             waiter.callback(self._exit)
 
     def signal_group(self, signum: int) -> None:
+        if self.pid <= 0:
+            # killpg(0) would signal the daemon's own process group.
+            log.error("refusing to signal process group {pid}", pid=self.pid)
+            return
         try:
             self._os.killpg(self.pid, signum)
         except ProcessLookupError:
@@ -299,8 +306,8 @@ class LocalExecutor:
             os.umask(old_umask)
             os.fchdir(home)
             os.close(home)
-        process.pid = transport.pid or 0
-        # setsid (and setpriv) exec the job in place, so the pid is the job's.
+        # process.pid was read in connectionMade; setsid (and setpriv) exec
+        # the job in place, so it is the job's pid and process group.
         # twisted.internet.process.Process is a producer; the interface does not say so.
         flow: Any = transport
         stdout.set_flow(flow.pauseProducing, flow.resumeProducing)

@@ -183,6 +183,11 @@ class Daemon:
         self.port = ports[0]
         self.log = log
 
+    def curl(self, *args: str, check: bool = True) -> Response:
+        """curl as the README does: -k and the admin's bearer token."""
+        token = (self.data_dir / "admin.token").read_text().strip()
+        return curl("-k", "-H", f"Authorization: Bearer {token}", *args, check=check)
+
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         """The daemon's https URL for C{path}."""
         return f"https://{host}:{self.port}{path}"
@@ -193,11 +198,11 @@ class Daemon:
 
     def submit(self, body: dict[str, Any]) -> Response:
         """POST a job as the README shows."""
-        return curl("-k", "--json", json.dumps(body, ensure_ascii=False), self.url("/api/jobs"))
+        return self.curl("--json", json.dumps(body, ensure_ascii=False), self.url("/api/jobs"))
 
     def job(self, job_id: int) -> dict[str, Any]:
         """GET /api/jobs/{id} as JSON."""
-        response = curl("-k", self.url(f"/api/jobs/{job_id}"))
+        response = self.curl(self.url(f"/api/jobs/{job_id}"))
         assert response.status == 200, response
         job: dict[str, Any] = response.json()
         return job
@@ -205,7 +210,7 @@ class Daemon:
     def wait_final(self, job_id: int, timeout: float = 20) -> Response:
         """Poll the status until it redirects (303) to the result."""
         done: Response = wait_until(
-            lambda: (r := curl("-k", self.url(f"/api/statuses/{job_id}"))).status == 303 and r,
+            lambda: (r := self.curl(self.url(f"/api/statuses/{job_id}"))).status == 303 and r,
             timeout,
             f"job {job_id} to finish",
         )
@@ -225,6 +230,18 @@ class Daemon:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(child, signal.SIGKILL)
         return self.process.returncode
+
+
+def _data_dir(workdir: Path, arguments: list[str]) -> Path:
+    """The data directory twistd will use, as cmdd resolves it."""
+    if "--data-dir" in arguments:
+        return workdir / arguments[arguments.index("--data-dir") + 1]
+    if "--config" in arguments:
+        import tomllib
+
+        config = tomllib.loads((workdir / arguments[arguments.index("--config") + 1]).read_text())
+        return workdir / config.get("cmdd", config).get("data_dir", "cmdd-data")
+    return workdir / "cmdd-data"
 
 
 def launch(
@@ -254,6 +271,7 @@ def launch(
                 start_new_session=True,
             )
         daemon = Daemon(process, ports, log)
+        daemon.data_dir = _data_dir(workdir, arguments(ports))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
             if all(_accepts(port) for port in ports):
@@ -310,10 +328,10 @@ def test_job_round_trip_with_utf8_output(daemon: Daemon, tmp_path: Path) -> None
     assert submitted.headers["location"] == f"/api/statuses/{job_id}"
     assert submitted.json()["state"] in ("queued", "running")
 
-    pending = curl("-k", daemon.url(f"/api/statuses/{job_id}"))
+    pending = daemon.curl(daemon.url(f"/api/statuses/{job_id}"))
     assert pending.status == 200
     assert pending.json()["done"] is False
-    not_ready = curl("-k", daemon.url(f"/api/results/{job_id}"))
+    not_ready = daemon.curl(daemon.url(f"/api/results/{job_id}"))
     assert not_ready.status == 404 and not_ready.error_code() == "RESULT_NOT_READY"
 
     gate.touch()
@@ -321,7 +339,7 @@ def test_job_round_trip_with_utf8_output(daemon: Daemon, tmp_path: Path) -> None
     assert done.headers["location"] == f"/api/results/{job_id}"
     assert done.json()["done"] is True
 
-    result = curl("-k", daemon.url(f"/api/results/{job_id}"))
+    result = daemon.curl(daemon.url(f"/api/results/{job_id}"))
     assert result.status == 200
     assert result.headers["content-type"] == "application/json; charset=utf-8"
     assert "привет".encode() in result.body, "UTF-8 text is sent as is"
@@ -337,7 +355,7 @@ def test_job_round_trip_with_utf8_output(daemon: Daemon, tmp_path: Path) -> None
     assert body["started"].endswith("Z") and body["completed"].endswith("Z")
     assert started <= completed
 
-    followed = curl("-k", "-L", daemon.url(f"/api/statuses/{job_id}"))
+    followed = daemon.curl("-L", daemon.url(f"/api/statuses/{job_id}"))
     assert followed.status == 200
     assert followed.json()["stdout"] == "привет\n", "curl -L lands on the result"
 
@@ -348,11 +366,11 @@ def test_undecodable_output_bytes_do_not_break_the_result(daemon: Daemon) -> Non
     assert submitted.status == 202
     job_id = submitted.json()["id"]
     daemon.wait_final(job_id)
-    result = curl("-k", daemon.url(f"/api/results/{job_id}"))
+    result = daemon.curl(daemon.url(f"/api/results/{job_id}"))
     assert result.status == 200
     assert result.json()["stdout"] == "ok \ufffd\ufffd\n"
     assert result.json()["stderr"] == "x\ufffd"
-    raw = curl("-k", daemon.url(f"/api/jobs/{job_id}/output/stdout"))
+    raw = daemon.curl(daemon.url(f"/api/jobs/{job_id}/output/stdout"))
     assert raw.status == 200
     assert raw.body == b"ok \xff\xfe\n"
 
@@ -407,7 +425,7 @@ def test_curl_verifies_the_generated_certificate(daemon: Daemon) -> None:
 )
 def test_unknown_resources_are_json_404(daemon: Daemon, path: str, code: str) -> None:
     """Unknown ids and paths answer 404 with a JSON error, not an HTML page."""
-    response = curl("-k", daemon.url(path))
+    response = daemon.curl(daemon.url(path))
     assert response.status == 404
     assert response.error_code() == code
 
@@ -424,7 +442,7 @@ def test_wrong_method_is_405_with_allow(
     daemon: Daemon, method: str, path: str, allowed: set[str]
 ) -> None:
     """A method a resource does not support answers 405 and lists what it does."""
-    response = curl("-k", "-X", method, daemon.url(path))
+    response = daemon.curl("-X", method, daemon.url(path))
     assert response.status == 405
     assert response.error_code() == "METHOD_NOT_ALLOWED"
     listed = {name.strip() for name in response.headers["allow"].split(",")}
@@ -434,7 +452,7 @@ def test_wrong_method_is_405_with_allow(
 
 def test_form_body_is_415(daemon: Daemon) -> None:
     """A body that is not JSON (an HTML form post) answers 415."""
-    response = curl("-k", "-d", "command=echo hi", daemon.url("/api/jobs"))
+    response = daemon.curl("-d", "command=echo hi", daemon.url("/api/jobs"))
     assert response.status == 415
     assert response.error_code() == "UNSUPPORTED_MEDIA_TYPE"
 
@@ -445,8 +463,7 @@ def test_body_over_the_limit_is_413(daemon: Daemon, tmp_path: Path, chunked: boo
     body = tmp_path / "big.json"
     body.write_text(json.dumps({"command": "echo " + "x" * (MAX_BODY + 10)}))
     extra = ["-H", "Transfer-Encoding: chunked"] if chunked else []
-    response = curl(
-        "-k",
+    response = daemon.curl(
         "-H",
         "Content-Type: application/json",
         *extra,
@@ -456,15 +473,14 @@ def test_body_over_the_limit_is_413(daemon: Daemon, tmp_path: Path, chunked: boo
     )
     assert response.status == 413
     assert response.error_code() == "BODY_TOO_LARGE"
-    assert curl("-k", daemon.url("/healthz")).status == 200
+    assert daemon.curl(daemon.url("/healthz")).status == 200
 
 
 def test_invalid_utf8_body_is_400_invalid_json(daemon: Daemon, tmp_path: Path) -> None:
     """A JSON body with bytes that are not UTF-8 answers 400 INVALID_JSON."""
     body = tmp_path / "latin1.json"
     body.write_bytes(b'{"command": "echo \xff\xfe caf\xe9"}')
-    response = curl(
-        "-k",
+    response = daemon.curl(
         "-H",
         "Content-Type: application/json",
         "--data-binary",
@@ -489,7 +505,7 @@ def test_invalid_utf8_body_is_400_invalid_json(daemon: Daemon, tmp_path: Path) -
 )
 def test_bad_json_bodies_are_400(daemon: Daemon, body: str, code: str) -> None:
     """Bodies that are not a valid job answer 400 with one code per cause."""
-    response = curl("-k", "--json", body, daemon.url("/api/jobs"))
+    response = daemon.curl("--json", body, daemon.url("/api/jobs"))
     assert response.status == 400, response
     assert response.error_code() == code
 
@@ -594,7 +610,7 @@ def test_config_file_sets_listen_and_max_running(tmp_path: Path) -> None:
         second = daemon.submit(job).json()["id"]
         wait_until(lambda: daemon.job(first)["state"] == "running", 15, "the first job")
         for _ in range(5):
-            health = curl("-k", daemon.url("/healthz")).json()
+            health = daemon.curl(daemon.url("/healthz")).json()
             assert (health["running"], health["queued"]) == (1, 1)
             assert daemon.job(second)["state"] == "queued"
             time.sleep(0.1)
@@ -632,19 +648,19 @@ def test_history_survives_restarts_and_ids_are_never_reused(tmp_path: Path) -> N
     try:
         job_id = first.submit({"command": "echo привет"}).json()["id"]
         first.wait_final(job_id)
-        before = curl("-k", first.url(f"/api/results/{job_id}")).json()
+        before = first.curl(first.url(f"/api/results/{job_id}")).json()
         doomed = first.submit({"command": "true"}).json()["id"]
         first.wait_final(doomed)
-        assert curl("-k", "-X", "DELETE", first.url(f"/api/jobs/{doomed}")).status == 204
+        assert first.curl("-X", "DELETE", first.url(f"/api/jobs/{doomed}")).status == 204
     finally:
         first.stop()
 
     second = launch(tmp_path, _serving(data_dir))
     try:
-        after = curl("-k", second.url(f"/api/results/{job_id}"))
+        after = second.curl(second.url(f"/api/results/{job_id}"))
         assert after.status == 200
         assert after.json() == before
-        assert curl("-k", second.url(f"/api/jobs/{doomed}")).status == 404
+        assert second.curl(second.url(f"/api/jobs/{doomed}")).status == 404
         new_id = second.submit({"command": "true"}).json()["id"]
     finally:
         second.stop()
@@ -673,10 +689,10 @@ def test_after_a_crash_running_jobs_are_lost_and_queued_jobs_run(tmp_path: Path)
             lost = restarted.job(running_id)
             assert lost["state"] == "lost"
             restarted.wait_final(queued_id)
-            result = curl("-k", restarted.url(f"/api/results/{queued_id}")).json()
+            result = restarted.curl(restarted.url(f"/api/results/{queued_id}")).json()
             assert result["state"] == "succeeded"
             assert result["stdout"] == "ran after restart\n"
-            assert curl("-k", restarted.url(f"/api/results/{running_id}")).json()["state"] == (
+            assert restarted.curl(restarted.url(f"/api/results/{running_id}")).json()["state"] == (
                 "lost"
             )
         finally:
@@ -715,4 +731,4 @@ def test_second_daemon_on_the_same_data_dir_refuses_to_start(
     assert done.returncode != 0
     assert "another cmdd process is using" in output
     assert not _accepts(port)
-    assert curl("-k", daemon.url("/healthz")).status == 200, "the first one carries on"
+    assert daemon.curl(daemon.url("/healthz")).status == 200, "the first one carries on"
