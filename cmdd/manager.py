@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from cmdd.errors import ClientError, not_found
 from cmdd.history import History
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
-from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
+from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError, exec_failure
 from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, remove_outputs
 
@@ -365,6 +365,9 @@ class JobManager(Service):
             timed_out=run.timed_out,
         )
         reason = run.cancel_reason
+        exec_error = exec_failure(exit.exit_code, run.stderr.head)
+        if exec_error is not None and state is State.FAILED and not run.timed_out:
+            state, reason = State.NOT_EXECUTED, exec_error
         # The result is visible only once its output is in the files.
         await run.stdout.close()
         await run.stderr.close()

@@ -103,6 +103,23 @@ def _is_executable_file(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
+#: What util-linux's setsid and setpriv print when their exec of the job fails.
+_EXEC_FAILED = (b"setsid: failed to execute ", b"setpriv: failed to execute ")
+
+
+def exec_failure(exit_code: int | None, stderr_head: bytes) -> str | None:
+    """Why the trampoline could not exec the job, if that is what happened.
+
+    The program was checked before spawning, but the kernel can still refuse
+    it (a script whose #! interpreter is missing, a wrong binary format);
+    then setsid exits 126 or 127 with its message first on stderr.
+    """
+    if exit_code not in (126, 127) or not stderr_head.startswith(_EXEC_FAILED):
+        return None
+    line = stderr_head.split(b"\n", 1)[0]
+    return line.decode("utf-8", "replace")
+
+
 def job_environment(spec: JobSpec, job_id: int, base: Mapping[str, str]) -> dict[str, str]:
     """The child's environment: a small base, then the client's variables.
 

@@ -230,3 +230,19 @@ def test_abandoned_waiters_are_forgotten(world: World) -> None:
     waiter.addErrback(lambda _: None)
     waiter.cancel()
     assert world.manager._final_waiters[1] == []
+
+
+def test_exec_failure_behind_the_trampoline_is_not_executed(world: World) -> None:
+    """When setsid cannot exec the program (say, a missing #! interpreter), the job
+    is not_executed with setsid's message, not failed with exit 127."""
+    world.submit({"command_line": ["/opt/script"]})
+    world.submit({"command": "exit 127"})
+    world.clock.advance(0)
+    message = b"setsid: failed to execute /opt/script: No such file or directory\n"
+    world.executor.by_job(1).finish(127, stderr=message)
+    world.executor.by_job(2).finish(127, stderr=b"sh: 1: nosuchcmd: not found\n")
+    one, two = world.store.get(1), world.store.get(2)
+    assert one is not None and one.outcome is not None
+    assert one.state is State.NOT_EXECUTED
+    assert one.outcome.reason == message.decode().strip()
+    assert two is not None and two.state is State.FAILED, "a shell's own 127 stays failed"
