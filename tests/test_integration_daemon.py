@@ -240,7 +240,8 @@ def _data_dir(workdir: Path, arguments: list[str]) -> Path:
         import tomllib
 
         config = tomllib.loads((workdir / arguments[arguments.index("--config") + 1]).read_text())
-        return workdir / config.get("cmdd", config).get("data_dir", "cmdd-data")
+        data_dir: str = config.get("cmdd", config).get("data_dir", "cmdd-data")
+        return workdir / data_dir
     return workdir / "cmdd-data"
 
 
@@ -408,6 +409,101 @@ def test_curl_verifies_the_generated_certificate(daemon: Daemon) -> None:
         check=False,
     )
     assert unverified.returncode == 60, "without --cacert the self-signed cert is refused"
+
+
+# --- authentication ---------------------------------------------------------------
+
+
+def test_api_requires_a_bearer_token(daemon: Daemon) -> None:
+    """Without a valid bearer token the API answers 401 with WWW-Authenticate: Bearer;
+    /healthz stays public; the first start's admin token is a private file."""
+    anonymous = curl("-k", daemon.url("/api/jobs"))
+    assert anonymous.status == 401
+    assert anonymous.error_code() == "UNAUTHENTICATED"
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    wrong = curl("-k", "-H", "Authorization: Bearer not-a-token", daemon.url("/api/jobs"))
+    assert wrong.status == 401
+    submitted = curl("-k", "--json", '{"command": "true"}', daemon.url("/api/jobs"))
+    assert submitted.status == 401, "no job is accepted without a token"
+    assert curl("-k", daemon.url("/healthz")).status == 200
+    token_file = daemon.data_dir / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert daemon.curl(daemon.url("/api/jobs")).status == 200
+
+
+def test_cli_user_gets_a_token_and_sees_only_own_jobs(daemon: Daemon) -> None:
+    """A user made with `cmdd user add` gets a token with its password (POST
+    /api/tokens), runs jobs with it, and cannot see other users' jobs."""
+    password = "correct horse battery staple"
+    added = subprocess.run(
+        [
+            str(Path(TWISTD).parent / "cmdd"),
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--data-dir",
+            str(daemon.data_dir),
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    daemon.process.send_signal(signal.SIGHUP)  # reload users now, not at the next poll
+    issued = wait_until(
+        lambda: (
+            (
+                r := curl("-k", "-u", f"alice:{password}", "-X", "POST", daemon.url("/api/tokens"))
+            ).status
+            == 201
+            and r
+        ),
+        15,
+        "the daemon to know alice",
+    )
+    assert issued.headers["cache-control"] == "no-store"
+    alice = ["-k", "-H", f"Authorization: Bearer {issued.json()['token']}"]
+
+    mine = curl(*alice, "--json", '{"command": "echo mine"}', daemon.url("/api/jobs"))
+    assert mine.status == 202
+    assert mine.json()["owner"] == "alice"
+    admins = daemon.submit({"command": "echo admin"}).json()["id"]
+    assert curl(*alice, daemon.url(f"/api/jobs/{admins}")).status == 404
+    assert curl(*alice, daemon.url(f"/api/results/{admins}")).status == 404
+    listed = curl(*alice, daemon.url("/api/jobs")).json()["jobs"]
+    assert {job["owner"] for job in listed} == {"alice"}
+    assert daemon.job(mine.json()["id"])["owner"] == "alice", "admin sees every job"
+    password_as_bearer = curl("-k", "-u", f"alice:{password}", daemon.url("/api/jobs"))
+    assert password_as_bearer.status == 401, "passwords only buy tokens"
+
+
+def test_failed_logins_are_rate_limited(tmp_path: Path) -> None:
+    """After repeated failed logins an address gets 429 with Retry-After."""
+    daemon = launch(
+        tmp_path,
+        lambda ports: [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            f"ssl:{ports[0]}:interface=127.0.0.1",
+        ],
+    )
+    try:
+        statuses = [
+            curl("-k", "-H", f"Authorization: Bearer guess-{i}", daemon.url("/api/jobs")).status
+            for i in range(12)
+        ]
+        refused = curl("-k", "-H", "Authorization: Bearer guess-x", daemon.url("/api/jobs"))
+    finally:
+        daemon.stop()
+    assert statuses[0] == 401
+    assert set(statuses) <= {401, 429}
+    assert refused.status == 429
+    assert refused.error_code() == "TOO_MANY_FAILURES"
+    assert int(refused.headers["retry-after"]) >= 1
 
 
 # --- errors -----------------------------------------------------------------------
