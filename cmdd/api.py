@@ -9,8 +9,9 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import urlencode
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -24,9 +25,9 @@ from cmdd.auth import RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.jobs import LEGACY_NAMES, Job, State, outcome_to_json
 from cmdd.manager import JobManager
+from cmdd.query import parse_query, run_query, trim
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, read_output
-from cmdd.store import page
 from cmdd.tokens import Token
 from cmdd.web import read_json, respond_json
 
@@ -37,10 +38,8 @@ T = TypeVar("T")
 BlockingRunner = Callable[..., Deferred[Any]]
 
 NO_RUN_AS = RunAsPolicy()
-DEFAULT_PAGE = 50
 #: Longest ?wait on a status: long enough to save polling, short enough for proxies.
 MAX_WAIT = 300.0
-MAX_PAGE = 1000
 _JOB_ID = re.compile(r"[1-9][0-9]{0,17}\Z")
 
 
@@ -106,6 +105,22 @@ def result_json(job: Job, stdout: str | None = None, stderr: str | None = None) 
     return out
 
 
+JOB_FIELDS = frozenset(
+    {
+        "id", "state", "owner", "command", "command_line", "environment",
+        "working_directory", "stdin", "umask", "timeout", "labels", "user", "created",
+        "started", "completed", "exit_code", "reason", "cancelled_by", "links",
+    }
+)  # fmt: skip
+STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})
+RESULT_FIELDS = frozenset(
+    {
+        "id", "state", "exit_code", "signal", "reason", "stdout_bytes", "stderr_bytes",
+        "truncated", "cancelled_by", "started", "completed", "duration", "links",
+    }
+)  # fmt: skip
+
+
 def token_json(token: Token) -> dict[str, Any]:
     """A token's public record (never its secret or hash)."""
     return {
@@ -157,21 +172,6 @@ def _seconds(params: dict[str, str], name: str, maximum: float) -> float:
             "INVALID_PARAMETER", f"{name} must be seconds from 0 to {maximum:.0f}", field=name
         )
     return seconds
-
-
-def _positive_int(
-    params: dict[str, str], name: str, default: int | None, maximum: int
-) -> int | None:
-    if name not in params:
-        return default
-    text = params[name]
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
-        raise ClientError(
-            "INVALID_PARAMETER",
-            f"{name} must be a whole number from 1 to {maximum}",
-            field=name,
-        )
-    return int(text)
 
 
 class CmddAPI:
@@ -263,11 +263,15 @@ class CmddAPI:
 
     @app.route("/api/jobs", methods=["GET"])
     def list_jobs(self, request: IRequest) -> bytes:
-        return self._list(request, "jobs", job_json, None)
+        return self._list(request, "jobs", job_json, JOB_FIELDS)
 
     @app.route("/api/jobs/<job_id>", methods=["GET"])
     def get_job(self, request: IRequest, job_id: str) -> bytes:
-        return respond_json(request, job_json(self._job(request, job_id)))
+        params = _query(request, frozenset({"fields"}))
+        fields = None
+        if "fields" in params:
+            fields = parse_query({"fields": [params["fields"]]}, JOB_FIELDS).fields
+        return respond_json(request, trim(job_json(self._job(request, job_id)), fields))
 
     @app.route("/api/jobs/<job_id>", methods=["PATCH"])
     async def patch_job(self, request: IRequest, job_id: str) -> bytes:
@@ -304,7 +308,7 @@ class CmddAPI:
 
     @app.route("/api/statuses", methods=["GET"])
     def list_statuses(self, request: IRequest) -> bytes:
-        return self._list(request, "statuses", status_json, None)
+        return self._list(request, "statuses", status_json, STATUS_FIELDS)
 
     @app.route("/api/statuses/<job_id>", methods=["GET"])
     async def get_status(self, request: IRequest, job_id: str) -> bytes:
@@ -323,7 +327,7 @@ class CmddAPI:
 
     @app.route("/api/results", methods=["GET"])
     def list_results(self, request: IRequest) -> bytes:
-        return self._list(request, "results", result_json, lambda job: job.state.final)
+        return self._list(request, "results", result_json, RESULT_FIELDS, final_only=True)
 
     @app.route("/api/results/<job_id>", methods=["GET"])
     async def get_result(self, request: IRequest, job_id: str) -> bytes:
@@ -435,31 +439,35 @@ class CmddAPI:
         request: IRequest,
         key: str,
         represent: Callable[[Job], dict[str, Any]],
-        keep: Callable[[Job], bool] | None,
+        fields: frozenset[str],
+        final_only: bool = False,
     ) -> bytes:
-        params = _query(request, frozenset({"limit", "cursor", "owner"}))
-        limit = _positive_int(params, "limit", DEFAULT_PAGE, MAX_PAGE)
-        cursor = _positive_int(params, "cursor", None, 2**63)
-        assert limit is not None
+        query = parse_query(_args(request), fields, final_only=final_only)
         principal = principal_of(request)
-        owner = params.get("owner")
-        if owner is not None and not principal.may_see(owner):
+        if query.owner is not None and not principal.may_see(query.owner):
             raise ClientError(
                 "FORBIDDEN", "only admins may list other users' jobs", status=403, field="owner"
             )
-        if owner is None and not principal.is_admin:
-            owner = principal.name
-
-        def visible(job: Job) -> bool:
-            return (owner is None or job.owner == owner) and (keep is None or keep(job))
-
-        jobs, next_cursor = page(self._manager.store.newest_first(cursor), limit, visible)
-        body: dict[str, Any] = {key: [represent(job) for job in jobs], "next": None}
+        if not principal.is_admin:
+            query = attrs.evolve(query, owner=principal.name)
+        store = self._manager.store
+        jobs, cursor = run_query(query, store.newest_first, store.oldest_first)
+        body: dict[str, Any] = {
+            key: [trim(represent(job), query.fields) for job in jobs],
+            "next": None,
+        }
         headers = {}
-        if next_cursor is not None:
-            next_url = f"/api/{key}?limit={limit}&cursor={next_cursor}"
-            if "owner" in params:
-                next_url += "&owner=" + quote(params["owner"], safe="")
+        if cursor is not None:
+            args = [(k, v) for k, vs in _args(request).items() for v in vs if k != "cursor"]
+            next_url = f"/api/{key}?" + urlencode([*args, ("cursor", cursor)])
             body["next"] = next_url
             headers["Link"] = f'<{next_url}>; rel="next"'
         return respond_json(request, body, 200, headers)
+
+
+def _args(request: IRequest) -> dict[str, list[str]]:
+    raw: dict[bytes, list[bytes]] = request.args or {}
+    return {
+        name.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values]
+        for name, values in raw.items()
+    }

@@ -88,20 +88,3 @@ class JobStore:
         for index in range(end - 1, -1, -1):
             yield self._jobs[self._ids[index]]
 
-
-def page(
-    jobs: Iterator[Job], limit: int, keep: Callable[[Job], bool] | None = None
-) -> tuple[list[Job], int | None]:
-    """Take up to C{limit} jobs that C{keep} accepts.
-
-    @return: the jobs and the cursor for the next page (the last job's id),
-        or C{None} when there is no more.
-    """
-    taken: list[Job] = []
-    for job in jobs:
-        if keep is not None and not keep(job):
-            continue
-        if len(taken) == limit:
-            return taken, taken[-1].id
-        taken.append(job)
-    return taken, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, State
 from cmdd.spec import parse_spec
-from cmdd.store import JobStore, page
+from cmdd.store import JobStore
 
 SPEC = parse_spec({"command": "true"})
 
@@ -50,29 +50,3 @@ def test_listeners_see_every_event() -> None:
     event = Created(1, 1.0, SPEC)
     job = store.record(event)
     assert seen == [(event, job)]
-
-
-def test_pages_are_newest_first_without_gaps_or_duplicates() -> None:
-    """Walking pages with the cursor visits every job once, newest first."""
-    store = store_with(10)
-    store.record(Ended(5, 2.0, Outcome(State.CANCELLED)))
-    store.record(Deleted(5, 3.0))
-    seen: list[int] = []
-    cursor = None
-    while True:
-        jobs, cursor = page(store.newest_first(cursor), 3)
-        seen.extend(job.id for job in jobs)
-        if cursor is None:
-            break
-    assert seen == [10, 9, 8, 7, 6, 4, 3, 2, 1]
-
-
-def test_page_filter() -> None:
-    """A filter keeps only matching jobs and still pages correctly."""
-    store = store_with(6)
-    for job_id in (2, 4, 6):
-        store.record(Ended(job_id, 2.0, Outcome(State.CANCELLED)))
-    jobs, cursor = page(store.newest_first(), 2, lambda job: job.state.final)
-    assert [job.id for job in jobs] == [6, 4] and cursor == 4
-    jobs, cursor = page(store.newest_first(cursor), 2, lambda job: job.state.final)
-    assert [job.id for job in jobs] == [2] and cursor is None
