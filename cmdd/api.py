@@ -271,7 +271,8 @@ class CmddAPI:
         fields = None
         if "fields" in params:
             fields = parse_query({"fields": [params["fields"]]}, JOB_FIELDS).fields
-        return respond_json(request, trim(job_json(self._job(request, job_id)), fields))
+        job = trim(job_json(self._job(request, job_id)), fields)
+        return respond_json(request, job, etag=True)
 
     @app.route("/api/jobs/<job_id>", methods=["PATCH"])
     async def patch_job(self, request: IRequest, job_id: str) -> bytes:
@@ -321,7 +322,7 @@ class CmddAPI:
             return respond_json(
                 request, status_json(job), 303, {"Location": f"/api/results/{job.id}"}
             )
-        return respond_json(request, status_json(job))
+        return respond_json(request, status_json(job), etag=True)
 
     # --- results ---------------------------------------------------------
 
@@ -349,7 +350,7 @@ class CmddAPI:
                 path = output_path(self._manager.output_dir, job.id, stream)
                 data = await self._run_blocking(read_output, path)
             texts.append(data.decode("utf-8", "replace"))
-        return respond_json(request, result_json(job, texts[0], texts[1]))
+        return respond_json(request, result_json(job, texts[0], texts[1]), etag=True)
 
     # --- tokens ----------------------------------------------------------
 

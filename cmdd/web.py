@@ -6,6 +6,7 @@ request" and "a JSON response".
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -72,9 +73,22 @@ def respond_json(
     value: Any,
     status: int = 200,
     headers: dict[str, str] | None = None,
+    *,
+    etag: bool = False,
 ) -> bytes:
-    """Set status and headers for a JSON body and return the body."""
+    """Set status and headers for a JSON body and return the body.
+
+    With C{etag}, the body's hash is its ETag, and a request whose
+    C{If-None-Match} names it gets C{304 Not Modified} and no body.
+    """
     body = encode_json(value)
+    if etag:
+        tag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        request.setHeader(b"etag", tag.encode("ascii"))
+        wanted = request.getHeader("if-none-match") or ""
+        if tag in (t.strip().removeprefix("W/") for t in wanted.split(",")) or wanted == "*":
+            request.setResponseCode(304)
+            return b""
     request.setResponseCode(status)
     request.setHeader(b"content-type", JSON_TYPE)
     # A length instead of chunked encoding: simpler for every client.

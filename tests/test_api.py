@@ -354,3 +354,22 @@ def test_filters_fields_and_next_links_over_http(tmp_path: Path) -> None:
     assert (code, job) == (200, {"id": 4, "command": "echo other"})
     code, error, _ = client.json("GET", "/api/jobs/4?fields=id,colour")
     assert code == 400 and error["error"]["field"] == "fields"
+
+
+def test_etag_and_if_none_match(client: Client) -> None:
+    """Job, status and result carry an ETag; If-None-Match with it gives 304 and
+    no body until the representation changes."""
+    client.json("POST", "/api/jobs", {"command": "true"})
+    for path in ("/api/jobs/1", "/api/statuses/1"):
+        response, _ = client.request("GET", path)
+        tag = response.headers.getRawHeaders("etag")[0]
+        response, content = client.request("GET", path, headers={"If-None-Match": tag})
+        assert (response.code, content) == (304, b"")
+    client.clock.advance(0)
+    response, content = client.request("GET", "/api/statuses/1", headers={"If-None-Match": tag})
+    assert response.code == 200, "the status changed (running), so the ETag no longer matches"
+    client.executor.by_job(1).finish(0)
+    response, _ = client.request("GET", "/api/results/1")
+    tag = response.headers.getRawHeaders("etag")[0]
+    response, _ = client.request("GET", "/api/results/1", headers={"If-None-Match": f"W/{tag}"})
+    assert response.code == 304
