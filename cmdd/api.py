@@ -23,6 +23,7 @@ from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.auth import RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
+from cmdd.follow import file_size, follow, parse_range, read_chunk
 from cmdd.jobs import LEGACY_NAMES, Job, State, outcome_to_json
 from cmdd.manager import JobManager
 from cmdd.query import parse_query, run_query, trim
@@ -296,13 +297,43 @@ class CmddAPI:
 
     @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:
+        params = _query(request, frozenset({"follow"}))
         job = self._job(request, job_id)
         if stream not in STREAMS:
             raise ClientError("STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404)
-        data: bytes = await self._run_blocking(
-            read_output, output_path(self._manager.output_dir, job.id, stream)
-        )
+        path = output_path(self._manager.output_dir, job.id, stream)
+        sse = "text/event-stream" in (request.getHeader("accept") or "")
+        if params.get("follow", "0") not in ("0", "1"):
+            raise ClientError("INVALID_PARAMETER", "follow must be 0 or 1", field="follow")
+        if sse or params.get("follow") == "1":
+            if sse:
+                request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+                request.setHeader(b"cache-control", b"no-cache")
+            else:
+                request.setHeader(b"content-type", b"application/octet-stream")
+            return await follow(
+                request,
+                path,
+                job.id,
+                stream,
+                current=self._manager.store.get,
+                changed=self._manager.output_changed,
+                run_blocking=self._run_blocking,
+                sse=sse,
+            )
         request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"accept-ranges", b"bytes")
+        wanted = request.getHeader("range")
+        if wanted is None:
+            data: bytes = await self._run_blocking(read_output, path)
+            request.setHeader(b"content-length", b"%d" % len(data))
+            return data
+        size: int = await self._run_blocking(file_size, path)
+        first, last = parse_range(wanted, size)
+        data = await self._run_blocking(read_chunk, path, first, last - first + 1)
+        request.setResponseCode(206)
+        request.setHeader(b"content-range", f"bytes {first}-{last}/{size}".encode("ascii"))
+        request.setHeader(b"content-length", b"%d" % len(data))
         return data
 
     # --- statuses --------------------------------------------------------

@@ -80,6 +80,7 @@ class JobManager(Service):
         self._queue: collections.deque[int] = collections.deque()
         self._running: dict[int, _Run] = {}
         self._final_waiters: dict[int, list[Deferred[Job]]] = {}
+        self._output_waiters: dict[int, list[Deferred[None]]] = {}
         self._pump_call: IDelayedCall | None = None
         self._stopping = False
         self.submitted_total = 0
@@ -118,6 +119,22 @@ class JobManager(Service):
         waiter: Deferred[Job] = Deferred(forget)
         waiters.append(waiter)
         return waiter
+
+    def output_changed(self, job_id: int) -> Deferred[None]:
+        """A new Deferred that fires when more of the job's output is in its
+        files, or the job ends (whichever comes first)."""
+        waiters = self._output_waiters.setdefault(job_id, [])
+
+        def forget(waiter: Deferred[None]) -> None:
+            waiters.remove(waiter)
+
+        waiter: Deferred[None] = Deferred(forget)
+        waiters.append(waiter)
+        return waiter
+
+    def _output_flushed(self, job_id: int) -> None:
+        for waiter in self._output_waiters.pop(job_id, []):
+            waiter.callback(None)
 
     def wait_final(self, job_id: int, seconds: float) -> Deferred[Job]:
         """The job once it is final, or as it is after C{seconds}, whichever
@@ -279,6 +296,7 @@ class JobManager(Service):
         if job is not None and job.state.final:
             for waiter in self._final_waiters.pop(job.id, []):
                 waiter.callback(job)
+            self._output_flushed(job.id)
 
     def _schedule_pump(self) -> None:
         # Start processes after the current request's response is written,
@@ -309,6 +327,7 @@ class JobManager(Service):
         cap = self.limits.max_output_bytes
         run.stdout = OutputSpool(self._io, output_path(self.output_dir, job.id, "stdout"), cap)
         run.stderr = OutputSpool(self._io, output_path(self.output_dir, job.id, "stderr"), cap)
+        run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._output_flushed(job.id)
         try:
             run.execution = self._executor.launch(job.id, job.spec, run.stdout, run.stderr)
         except SpawnError as e:

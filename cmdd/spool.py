@@ -112,6 +112,8 @@ class OutputSpool:
         self.kept = 0
         #: The first bytes, kept in memory for a cheap look (exec errors).
         self.head = b""
+        #: Called after each write reaches the file (live followers listen).
+        self.on_flushed: Callable[[], None] = _nothing
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._in_flight: Deferred[None] | None = None
@@ -159,6 +161,7 @@ class OutputSpool:
 
     def _written(self, _: object) -> None:
         self._in_flight = None
+        self.on_flushed()
         if self._pending:
             self._flush()
         elif self._closers:

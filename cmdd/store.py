@@ -87,4 +87,3 @@ class JobStore:
         end = len(self._ids) if before is None else bisect.bisect_left(self._ids, before)
         for index in range(end - 1, -1, -1):
             yield self._jobs[self._ids[index]]
-

@@ -373,3 +373,73 @@ def test_etag_and_if_none_match(client: Client) -> None:
     tag = response.headers.getRawHeaders("etag")[0]
     response, _ = client.request("GET", "/api/results/1", headers={"If-None-Match": f"W/{tag}"})
     assert response.code == 304
+
+
+def _stream(client: Client, path: str, headers: dict[str, str] | None = None) -> list[Any]:
+    """Start a GET whose body arrives over time; the list gets (code, body) at the end."""
+    results: list[Any] = []
+    d = client.treq.request("GET", "http://cmdd.test" + path,
+                            headers={"Authorization": f"Bearer {client.token}", **(headers or {})})
+    d.addCallback(lambda r: client.treq.content(r).addCallback(
+        lambda body: results.append((r.code, body, r.headers))))
+    client.treq.flush()
+    return results
+
+
+def test_follow_streams_output_until_the_job_ends(client: Client) -> None:
+    """?follow=1 sends output as it is written and ends when the job ends."""
+    client.json("POST", "/api/jobs", {"command": "chatty"})
+    client.clock.advance(0)
+    execution = client.executor.by_job(1)
+    results = _stream(client, "/api/jobs/1/output/stdout?follow=1")
+    execution.stdout.write("первая\n".encode())
+    client.treq.flush()
+    assert results == [], "still following while the job runs"
+    execution.stdout.write(b"second\n")
+    execution.finish(0)
+    client.treq.flush()
+    code, body, _headers = results[0]
+    assert code == 200 and body == "первая\nsecond\n".encode()
+    assert client.manager._output_waiters.get(1, []) == []
+
+
+def test_server_sent_events(client: Client) -> None:
+    """Accept: text/event-stream gives stdout events, then an end event with the outcome."""
+    client.json("POST", "/api/jobs", {"command": "chatty"})
+    client.clock.advance(0)
+    execution = client.executor.by_job(1)
+    results = _stream(client, "/api/jobs/1/output/stdout",
+                      {"Accept": "text/event-stream"})
+    # A UTF-8 character split across two writes still arrives whole.
+    encoded = "привет\n".encode()
+    execution.stdout.write(encoded[:3])
+    execution.stdout.write(encoded[3:])
+    execution.finish(4)
+    client.treq.flush()
+    _code, body, headers = results[0]
+    assert headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
+    text = body.decode()
+    events = [block for block in text.split("\n\n") if block]
+    # EventSource joins an event's data lines with newlines.
+    data = "".join("\n".join(line[6:] for line in e.split("\n")[1:])
+                   for e in events if e.startswith("event: stdout"))
+    assert data == "привет\n"
+    assert events[-1].startswith("event: end\ndata: ")
+    end = json.loads(events[-1].split("data: ", 1)[1])
+    assert end["state"] == "failed" and end["exit_code"] == 4
+
+
+def test_range_requests_on_output(client: Client) -> None:
+    """Range returns 206 with Content-Range; an impossible range is 416."""
+    client.json("POST", "/api/jobs", {"command": "x"})
+    finish(client, 1, stdout=b"0123456789")
+    response, content = client.request("GET", "/api/jobs/1/output/stdout",
+                                       headers={"Range": "bytes=2-4"})
+    assert (response.code, content) == (206, b"234")
+    assert response.headers.getRawHeaders("content-range") == ["bytes 2-4/10"]
+    response, content = client.request("GET", "/api/jobs/1/output/stdout",
+                                       headers={"Range": "bytes=-3"})
+    assert (response.code, content) == (206, b"789")
+    code, _error, headers = client.json("GET", "/api/jobs/1/output/stdout",
+                                       headers={"Range": "bytes=20-"})
+    assert code == 416 and headers.getRawHeaders("content-range") == ["bytes */10"]

@@ -1,0 +1,162 @@
+"""Live output: stream a job's spool file to a client as it grows.
+
+Reads the file in chunks on a thread, never holds more than one chunk per
+follower in memory, and writes only while the client keeps up (the request
+pauses us as a push producer when its buffer fills). Plain bytes (chunked
+transfer) or Server-Sent Events for browsers' C{EventSource}.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from cmdd.errors import ClientError
+from cmdd.jobs import Job, outcome_to_json
+
+CHUNK = 64 * 1024
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+
+
+def read_chunk(path: str, offset: int, size: int) -> bytes:
+    """Up to C{size} bytes of C{path} from C{offset}; empty if none (yet)."""
+    try:
+        with open(path, "rb") as spooled:
+            spooled.seek(offset)
+            return spooled.read(size)
+    except FileNotFoundError:
+        return b""
+
+
+def file_size(path: str) -> int:
+    """The file's size; 0 if it does not exist (a silent job)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def parse_range(header: str, size: int) -> tuple[int, int]:
+    """The inclusive byte range a C{Range} header asks for, within C{size}.
+
+    @raise ClientError: 416 for a range outside the data or a form we do not
+        serve (several ranges).
+    """
+    match = _RANGE.match(header.strip())
+    first_text, last_text = match.groups() if match else ("", "")
+    if match is None or (not first_text and not last_text):
+        raise _unsatisfiable(size)
+    if not first_text:
+        first, last = max(0, size - int(last_text)), size - 1
+    else:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+    if first > last or first >= size:
+        raise _unsatisfiable(size)
+    return first, last
+
+
+def _unsatisfiable(size: int) -> ClientError:
+    return ClientError(
+        "RANGE_NOT_SATISFIABLE",
+        f"the output has {size} bytes; ask for one range within it",
+        status=416,
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+@implementer(IPushProducer)
+class _Flow:
+    """Tracks whether the client's connection wants more data."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self._waiters: list[Deferred[None]] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    async def drained(self) -> None:
+        if self.paused and not self.stopped:
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            await waiter
+
+
+def sse_event(event: str, text: str) -> bytes:
+    """One Server-Sent Event; each line of C{text} is a C{data:} line."""
+    lines = text.split("\n")
+    return (f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode(
+        "utf-8"
+    )
+
+
+async def follow(
+    request: IRequest,
+    path: str,
+    job_id: int,
+    stream: str,
+    *,
+    current: Callable[[int], Job | None],
+    changed: Callable[[int], Deferred[None]],
+    run_blocking: Callable[..., Deferred[Any]],
+    sse: bool,
+    offset: int = 0,
+) -> bytes:
+    """Write the output from C{offset} as it is produced; return once the job
+    has ended and everything was sent (or the client went away)."""
+    flow = _Flow()
+    consumer: Any = request  # twisted.web's Request is an IConsumer; IRequest omits it
+    consumer.registerProducer(flow, True)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    try:
+        while not flow.stopped:
+            job = current(job_id)
+            ended = job is None or job.state.final
+            # Ask to be told of new output before looking, so none slips by.
+            more = None if ended else changed(job_id)
+            chunk: bytes = await run_blocking(read_chunk, path, offset, CHUNK)
+            if chunk:
+                if more is not None:
+                    more.addErrback(lambda _: None)
+                    more.cancel()
+                offset += len(chunk)
+                text = decoder.decode(chunk)
+                request.write(sse_event(stream, text) if sse else chunk)
+                await flow.drained()
+                continue
+            if more is None:
+                break
+            await more
+        if sse and not flow.stopped:
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                request.write(sse_event(stream, tail))
+            job = current(job_id)
+            end: dict[str, Any] = {"id": job_id, "state": job.state.value if job else "deleted"}
+            if job is not None and job.outcome is not None:
+                end.update(outcome_to_json(job.outcome))
+            request.write(sse_event("end", json.dumps(end, ensure_ascii=False)))
+    finally:
+        consumer.unregisterProducer()
+    return b""
