@@ -13,7 +13,8 @@ What it measures (see bench/README.md for the details):
   C  adnanh/webhook (Debian package "webhook") running /bin/true per request,
      synchronously, under the same HTTP load (N requests, C connections).
   cmdd over plain TCP and over TLS: N jobs {"command_line": ["/bin/true"]}
-     POSTed by C concurrent keep-alive clients; jobs/s from the first job
+     POSTed by C concurrent keep-alive clients, each request with the admin
+     bearer token cmdd wrote to DATA_DIR/admin.token; jobs/s from the first job
      created to the last job completed (the daemon's own timestamps), POST
      latency p50/p99, peak RSS (VmHWM) and CPU seconds of the daemon.
   D  (context only) 100-byte appends + fsync in a loop, on the disk of the
@@ -72,6 +73,8 @@ BODY = b'{"command_line":["/bin/true"]}'
 TRUE = "/bin/true"
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 MIB = 1024 * 1024
+#: How the bearer token reaches the --client python helper (not its argv).
+TOKEN_ENV = "CMDD_BENCH_TOKEN"
 
 # --------------------------------------------------------------------------
 # Child process: spawn-rate measurements (baselines A, B and the heap test)
@@ -352,7 +355,9 @@ def child_spawn(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------
 
 
-async def _python_load(url: str, n: int, concurrency: int, body: bytes) -> dict[str, Any]:
+async def _python_load(
+    url: str, n: int, concurrency: int, body: bytes, token: str | None = None
+) -> dict[str, Any]:
     parsed = urllib.parse.urlsplit(url)
     host = parsed.hostname or "127.0.0.1"
     tls = parsed.scheme == "https"
@@ -362,8 +367,10 @@ async def _python_load(url: str, n: int, concurrency: int, body: bytes) -> dict[
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     request = (
         f"POST {parsed.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"{authorization}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode("ascii") + body
     tickets = iter(range(n))
@@ -418,7 +425,10 @@ async def _python_load(url: str, n: int, concurrency: int, body: bytes) -> dict[
 
 def child_load(config: dict[str, Any]) -> None:
     result = asyncio.run(
-        _python_load(config["url"], config["n"], config["concurrency"], BODY)
+        _python_load(
+            config["url"], config["n"], config["concurrency"], BODY,
+            os.environ.get(TOKEN_ENV) or None,
+        )
     )
     print(json.dumps(result))
 
@@ -459,13 +469,18 @@ class Processes:
                 print(f"warning: could not stop pid {proc.pid}: {e}", file=sys.stderr)
 
 
-def run_child(kind: str, config: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run this file as a helper process and return the JSON it prints."""
+def run_child(
+    kind: str, config: dict[str, Any], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run this file as a helper process and return the JSON it prints.
+
+    ENV is added to this process's environment (secrets go there, not in argv)."""
     completed = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(config)],
         capture_output=True,
         timeout=timeout,
         cwd=tempfile.gettempdir(),
+        env={**os.environ, **env} if env else None,
         check=False,
     )
     if completed.returncode != 0:
@@ -531,13 +546,20 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds else float("nan")
 
 
-def run_load(client: str, url: str, n: int, concurrency: int, timeout: float) -> LoadResult:
-    """POST BODY to URL N times over C persistent connections."""
+def run_load(
+    client: str, url: str, n: int, concurrency: int, timeout: float,
+    token: str | None = None,
+) -> LoadResult:
+    """POST BODY to URL N times over C persistent connections, with
+    C{Authorization: Bearer TOKEN} on every request if TOKEN is given."""
     cpu0 = children_cpu_seconds()
     if client == "hey":
+        # hey only takes headers on its command line, so while it runs the
+        # token is visible in `ps` to other users of this machine.
+        auth = ["-H", f"Authorization: Bearer {token}"] if token else []
         argv = [
             "hey", "-n", str(n), "-c", str(concurrency), "-m", "POST",
-            "-T", "application/json", "-d", BODY.decode(), "-t", "60",
+            "-T", "application/json", *auth, "-d", BODY.decode(), "-t", "60",
             "-disable-redirects", "-o", "csv", url,
         ]
         completed = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
@@ -554,7 +576,10 @@ def run_load(client: str, url: str, n: int, concurrency: int, timeout: float) ->
             errors.append(f"hey reported {len(rows)} responses of {n} requests")
             errors.extend(completed.stdout.decode(errors="replace").splitlines()[-5:])
     else:
-        data = run_child("load", {"url": url, "n": n, "concurrency": concurrency}, timeout)
+        data = run_child(
+            "load", {"url": url, "n": n, "concurrency": concurrency}, timeout,
+            env={TOKEN_ENV: token} if token else None,
+        )
         latencies = data["latencies"]
         seconds = data["total_seconds"]
         statuses = Counter(data["statuses"])
@@ -572,7 +597,11 @@ def run_load(client: str, url: str, n: int, concurrency: int, timeout: float) ->
     )
 
 
-def http_get(url: str, context: ssl.SSLContext | None, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(
+    url: str, context: ssl.SSLContext | None, timeout: float = 5.0, token: str | None = None
+) -> tuple[int, bytes]:
+    """GET URL; with C{Authorization: Bearer TOKEN} if TOKEN is given."""
+
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: Any, **kwargs: Any) -> None:
             return None
@@ -580,8 +609,11 @@ def http_get(url: str, context: ssl.SSLContext | None, timeout: float = 5.0) -> 
     opener = urllib.request.build_opener(
         NoRedirect(), urllib.request.HTTPSHandler(context=context)
     )
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -664,8 +696,8 @@ def _timestamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _metrics(base: str, context: ssl.SSLContext | None) -> dict[str, float]:
-    status, body = http_get(base + "/metrics", context)
+def _metrics(base: str, context: ssl.SSLContext | None, token: str) -> dict[str, float]:
+    status, body = http_get(base + "/metrics", context, token=token)
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}")
     out = {}
@@ -676,10 +708,12 @@ def _metrics(base: str, context: ssl.SSLContext | None) -> dict[str, float]:
     return out
 
 
-def _all_jobs(base: str, context: ssl.SSLContext | None) -> Iterator[dict[str, Any]]:
+def _all_jobs(
+    base: str, context: ssl.SSLContext | None, token: str
+) -> Iterator[dict[str, Any]]:
     url: str | None = "/api/jobs?limit=1000"
     while url:
-        status, body = http_get(base + url, context, timeout=30)
+        status, body = http_get(base + url, context, timeout=30, token=token)
         if status != 200:
             raise RuntimeError(f"GET {url} answered {status}")
         page = json.loads(body)
@@ -688,6 +722,19 @@ def _all_jobs(base: str, context: ssl.SSLContext | None) -> Iterator[dict[str, A
 
 
 FINAL_STATES = ("succeeded", "failed", "not_executed", "cancelled", "lost")
+
+
+def read_admin_token(data_dir: Path) -> str:
+    """The admin bearer token cmdd writes to DATA_DIR/admin.token on first
+    start (before it listens), one line."""
+    path = data_dir / "admin.token"
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except OSError as e:
+        raise RuntimeError(f"cannot read the admin token: {e}") from None
+    if not token or len(token.splitlines()) != 1:
+        raise RuntimeError(f"{path} does not hold one token line")
+    return token
 
 
 def twistd_path() -> str:
@@ -721,22 +768,32 @@ def bench_cmdd(
         proc = procs.start(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
         wait_until_listening(port, proc, 30)
         startup = time.monotonic() - t_start
+        # Every route but /healthz needs a bearer token; use the admin's.
+        token = read_admin_token(data_dir)
         context = None
         if scheme == "https":
             context = ssl.create_default_context(cafile=str(data_dir / "tls" / "cert.pem"))
         base = f"{scheme}://127.0.0.1:{port}"
-        status, _ = http_get(base + "/healthz", context)
+        status, _ = http_get(base + "/healthz", context, token=token)
         if status != 200:
             raise RuntimeError(f"/healthz answered {status}")
+        # Check the token once before the load: a refused token would
+        # otherwise give N 401s (and, after ten, 429s for this address).
+        _metrics(base, context, token)
         idle_rss = proc_status(proc.pid, "VmRSS")
         cpu0 = proc_cpu_seconds(proc.pid)
         wall0 = time.monotonic()
-        load = run_load(args.client, base + "/api/jobs", args.jobs, args.concurrency, args.timeout)
+        load = run_load(
+            args.client, base + "/api/jobs", args.jobs, args.concurrency, args.timeout,
+            token=token,
+        )
         load_done = time.monotonic()
+        if not load.statuses.get("202"):
+            raise RuntimeError(f"no POST was accepted: statuses {load.statuses}")
         # Wait for every job to reach a final state, polling at a modest rate.
         deadline = load_done + args.timeout
         while True:
-            metrics = _metrics(base, context)
+            metrics = _metrics(base, context, token)
             final = sum(metrics.get(f'cmdd_jobs{{state="{s}"}}', 0) for s in FINAL_STATES)
             if final >= metrics.get("cmdd_jobs_submitted_total", 0):
                 break
@@ -746,7 +803,7 @@ def bench_cmdd(
         all_done = time.monotonic()
         cpu = proc_cpu_seconds(proc.pid) - cpu0
         peak = proc_status(proc.pid, "VmHWM")
-        jobs = list(_all_jobs(base, context))
+        jobs = list(_all_jobs(base, context, token))
         states = Counter(job["state"] for job in jobs)
         created = [_timestamp(job["created"]) for job in jobs]
         completed = [_timestamp(job["completed"]) for job in jobs if job["completed"]]
@@ -1089,6 +1146,9 @@ def render(results: dict[str, Any]) -> str:
                 f"{_num(entry['queue_wait_max_ms'], 1)} ms; RSS idle "
                 f"{_num(entry['idle_rss_bytes'] / MIB, 1)}M"
             )
+            others = {k: v for k, v in load["statuses"].items() if k != "202"}
+            if others:
+                lines.append(f"  cmdd {kind}: POSTs not accepted (status: count): {others}")
             if entry["log_problems"]:
                 lines.append(
                     f"  cmdd {kind}: {len(entry['log_problems'])} error lines in its log"
@@ -1203,14 +1263,16 @@ def git_state() -> dict[str, Any]:
             return subprocess.run(
                 ["git", "-C", str(REPO), *words], capture_output=True, text=True,
                 timeout=10, check=False,
-            ).stdout.strip()
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    # Not stripped: a porcelain line starts with a two-letter status that may
+    # begin with a space (" M cmdd/api.py").
     changed = git("status", "--porcelain", "--", "cmdd", "twisted")
     return {
-        "git_commit": git("rev-parse", "--short", "HEAD") or "unknown",
-        "git_dirty_files": [line[3:] for line in changed.splitlines()],
+        "git_commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
+        "git_dirty_files": [line[3:] for line in changed.splitlines() if line.strip()],
     }
 
 
