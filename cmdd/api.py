@@ -26,6 +26,7 @@ from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.follow import file_size, follow, parse_range, read_chunk
 from cmdd.jobs import LEGACY_NAMES, Job, State, outcome_to_json
 from cmdd.manager import JobManager
+from cmdd.openapi import description
 from cmdd.query import parse_query, run_query, trim
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, read_output
@@ -436,6 +437,10 @@ class CmddAPI:
         return b""
 
     # --- operations ------------------------------------------------------
+
+    @app.route("/api/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        return respond_json(request, description())
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:

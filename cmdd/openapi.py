@@ -1,0 +1,313 @@
+"""The OpenAPI 3.1 description of the API, served at GET /api/openapi.json.
+
+Built here as data; a test checks it against the real routing table, so a
+route cannot be added without being described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmdd import __version__
+from cmdd.jobs import State
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+            },
+        }
+    },
+}
+LINKS = {"type": "object", "additionalProperties": {"type": "string"}}
+STATE = {"type": "string", "enum": [state.value for state in State]}
+SPEC = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "command": {"type": "string", "minLength": 1},
+        "command_line": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "environment": _STRING_MAP,
+        "working_directory": {"type": "string"},
+        "stdin": {"type": "string"},
+        "umask": {"type": "string", "pattern": "^0?[0-7]{3}$"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "labels": _STRING_MAP,
+        "user": {"type": "string"},
+    },
+}
+JOB = {
+    "type": "object",
+    "required": ["id", "state", "owner", "created", "links"],
+    "properties": {
+        "id": {"type": "integer"},
+        "state": STATE,
+        "owner": {"type": "string"},
+        **SPEC["properties"],  # type: ignore[dict-item]
+        "created": _TIME,
+        "started": _TIME,
+        "completed": _TIME,
+        "exit_code": {"type": ["integer", "null"]},
+        "reason": {"type": ["string", "null"]},
+        "cancelled_by": {"type": ["string", "null"]},
+        "links": LINKS,
+    },
+}
+STATUS = {
+    "type": "object",
+    "required": ["id", "state", "done"],
+    "properties": {
+        "id": {"type": "integer"},
+        "state": STATE,
+        "legacy_state": {"type": "string"},
+        "done": {"type": "boolean"},
+        "links": LINKS,
+    },
+}
+RESULT = {
+    "type": "object",
+    "required": ["id", "state"],
+    "properties": {
+        "id": {"type": "integer"},
+        "state": STATE,
+        "exit_code": {"type": ["integer", "null"]},
+        "signal": {"type": ["integer", "null"]},
+        "reason": {"type": ["string", "null"]},
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "stdout_bytes": {"type": "integer"},
+        "stderr_bytes": {"type": "integer"},
+        "truncated": {"type": "object"},
+        "cancelled_by": {"type": ["string", "null"]},
+        "started": _TIME,
+        "completed": _TIME,
+        "duration": {"type": ["number", "null"]},
+        "links": LINKS,
+    },
+}
+TOKEN = {
+    "type": "object",
+    "required": ["id", "owner", "expires"],
+    "properties": {
+        "id": {"type": "string"},
+        "owner": {"type": "string"},
+        "description": {"type": "string"},
+        "created": _TIME,
+        "expires": _TIME,
+        "token": {"type": "string"},
+    },
+}
+LIST_PARAMETERS = [
+    {"name": "state", "in": "query", "schema": STATE},
+    {"name": "label", "in": "query", "schema": {"type": "string", "pattern": "^[^:]+:.*$"}},
+    {"name": "owner", "in": "query", "schema": {"type": "string"}},
+    {"name": "q", "in": "query", "schema": {"type": "string", "minLength": 1}},
+    {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "completed_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "exit_code", "in": "query", "schema": {"type": "integer"}},
+    {
+        "name": "sort",
+        "in": "query",
+        "schema": {
+            "type": "string",
+            "enum": ["-created", "created", "completed", "-completed", "duration", "-duration"],
+        },
+    },
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    {"name": "fields", "in": "query", "schema": {"type": "string"}},
+]
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    described = {
+        400: "bad request (see error.code)",
+        401: "missing or bad credentials",
+        403: "not allowed",
+        404: "no such job (or not yours)",
+        405: "method not allowed",
+        409: "conflict with the job's state",
+        413: "body too large",
+        415: "body is not JSON",
+        416: "range not satisfiable",
+        429: "too many failed logins",
+        503: "queue full or stopping",
+    }
+    return {str(code): _json(ERROR, described[code]) for code in (401, *codes)}
+
+
+def _listing(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [key, "next"],
+        "properties": {key: {"type": "array", "items": item}, "next": {"type": ["string", "null"]}},
+    }
+
+
+def _list_operation(key: str, item: dict[str, Any], summary: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": LIST_PARAMETERS,
+            "responses": {"200": _json(_listing(key, item), "a page"), **_errors(400, 403)},
+        }
+    }
+
+
+def description() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    output = {
+        "get": {
+            "summary": "the raw bytes kept; follow=1 streams until the job ends",
+            "parameters": [
+                _ID,
+                {"name": "stream", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
+                {"name": "follow", "in": "query", "schema": {"type": "integer", "enum": [0, 1]}},
+            ],
+            "responses": {
+                "200": {"description": "output bytes",
+                        "content": {"application/octet-stream": {},
+                                    "text/event-stream": {}}},
+                "206": {"description": "a byte range",
+                        "content": {"application/octet-stream": {}}},
+                **_errors(400, 404, 416),
+            },
+        }
+    }  # fmt: skip
+    paths: dict[str, Any] = {
+        "/api/jobs": {
+            "post": {
+                "summary": "submit a job",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": SPEC}},
+                },
+                "responses": {
+                    "202": _json(JOB, "accepted and durable; Location: its status"),
+                    **_errors(400, 403, 413, 415, 503),
+                },
+            },
+            **_list_operation("jobs", JOB, "list jobs, newest first"),
+        },
+        "/api/jobs/{job_id}": {
+            "get": {
+                "summary": "a job",
+                "parameters": [_ID, {"name": "fields", "in": "query",
+                                     "schema": {"type": "string"}}],
+                "responses": {"200": _json(JOB, "the job"), "304": {"description": "not modified"},
+                              **_errors(400, 404)},
+            },
+            "patch": {
+                "summary": 'cancel: {"status": "cancelled"}',
+                "parameters": [_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["status"],
+                        "properties": {"status": {"const": "cancelled"}},
+                        "additionalProperties": False}}},
+                },
+                "responses": {"200": _json(JOB, "the job once final"),
+                              **_errors(400, 404, 409, 413, 415)},
+            },
+            "delete": {
+                "summary": "remove a finished job and its output",
+                "parameters": [_ID],
+                "responses": {"204": {"description": "deleted"}, **_errors(404, 409)},
+            },
+        },
+        "/api/jobs/{job_id}/output/{stream}": output,
+        "/api/statuses": _list_operation("statuses", STATUS, "list statuses"),
+        "/api/statuses/{job_id}": {
+            "get": {
+                "summary": "a status; wait=S long-polls until done",
+                "parameters": [_ID, {"name": "wait", "in": "query",
+                                     "schema": {"type": "number", "minimum": 0, "maximum": 300}}],
+                "responses": {
+                    "200": _json(STATUS, "not done yet"),
+                    "303": _json(STATUS, "done; Location: the result"),
+                    "304": {"description": "not modified"},
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/api/results": _list_operation("results", RESULT, "list finished jobs' results"),
+        "/api/results/{job_id}": {
+            "get": {
+                "summary": "a finished job's result",
+                "parameters": [_ID],
+                "responses": {"200": _json(RESULT, "the result"),
+                              "304": {"description": "not modified"}, **_errors(404)},
+            },
+            "delete": {
+                "summary": "same as deleting the job",
+                "parameters": [_ID],
+                "responses": {"204": {"description": "deleted"}, **_errors(404, 409)},
+            },
+        },
+        "/api/tokens": {
+            "post": {
+                "summary": "a new bearer token (HTTP Basic or a token)",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"expires_in": {"type": "number", "exclusiveMinimum": 0},
+                                   "description": {"type": "string", "maxLength": 200}}}}}},
+                "responses": {"201": _json(TOKEN, "the token, shown once"),
+                              **_errors(400, 413, 415, 429)},
+            },
+            "get": {
+                "summary": "your tokens (never the secrets)",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "tokens": {"type": "array", "items": TOKEN}}}, "tokens"), **_errors()},
+            },
+        },
+        "/api/tokens/{token_id}": {
+            "delete": {
+                "summary": "revoke a token",
+                "parameters": [{"name": "token_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "revoked"}, **_errors(404)},
+            }
+        },
+        "/api/openapi.json": {
+            "get": {"summary": "this document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"), **_errors()}}
+        },
+        "/healthz": {
+            "get": {"summary": "liveness (no token needed)", "security": [],
+                    "responses": {"200": _json({"type": "object"}, "ok")}}
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format",
+                                          "content": {"text/plain": {}}}, **_errors()}}
+        },
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cmdd", "version": __version__,
+                 "description": "Run commands on a Linux host for HTTPS REST clients."},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic"},
+        }},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }  # fmt: skip
