@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from test_crash import Daemon
-
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
     status_code_conformance,
 )
+from test_crash import Daemon
 
 from cmdd.openapi import description
 
