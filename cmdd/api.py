@@ -487,8 +487,7 @@ class CmddAPI:
             )
         if not principal.is_admin:
             query = attrs.evolve(query, owner=principal.name)
-        store = self._manager.store
-        jobs, cursor = run_query(query, store.newest_first, store.oldest_first)
+        jobs, cursor = run_query(query, self._manager.store)
         body: dict[str, Any] = {
             key: [trim(represent(job), query.fields) for job in jobs],
             "next": None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ import attrs
 
 from cmdd.errors import ClientError
 from cmdd.jobs import Job, State
+from cmdd.store import JobStore
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -186,23 +187,21 @@ def parse_query(
     return JobQuery(final_only=final_only, **values)
 
 
-def run_query(
-    query: JobQuery,
-    newest_first: Callable[[int | None], Iterator[Job]],
-    everything: Callable[[], Iterable[Job]],
-) -> tuple[list[Job], str | None]:
+def run_query(query: JobQuery, store: JobStore) -> tuple[list[Job], str | None]:
     """One page of matching jobs and the cursor for the next page (or C{None}).
 
-    The default order (newest first) walks the id index from the cursor and
-    stops after one page; other orders sort the matching jobs.
+    Only the narrowest index that applies (state, owner or label) is walked.
+    The default order (newest first) walks it from the cursor down and stops
+    after one page; other orders sort the jobs in it that match.
     """
     descending = query.sort.startswith("-")
     key = sort_key(query.sort)
     rows: Iterable[Job]
+    index = store.narrowest_index(query.states, query.owner, query.labels)
     if query.sort == "-created":
-        rows = newest_first(query.after[1] if query.after else None)
+        rows = store.newest_first(query.after[1] if query.after else None, index)
     else:
-        matching = [job for job in everything() if query.matches(job)]
+        matching = [job for job in store.newest_first(None, index) if query.matches(job)]
         matching.sort(key=lambda job: (key(job), job.id), reverse=descending)
         rows = matching
         if query.after is not None:

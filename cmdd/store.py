@@ -8,7 +8,7 @@ reactor.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from cmdd.jobs import Created, Event, Job, State, apply_event
 
@@ -25,6 +25,11 @@ class JobStore:
         self._next_id = 1
         self._listeners: list[Listener] = []
         self.counts: dict[State, int] = dict.fromkeys(State, 0)
+        # Secondary indexes, each a sorted list of ids, so a filtered page
+        # walks only the jobs that can match instead of all of them.
+        self._by_state: dict[State, list[int]] = {state: [] for state in State}
+        self._by_owner: dict[str, list[int]] = {}
+        self._by_label: dict[tuple[str, str], list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -57,23 +62,31 @@ class JobStore:
 
         @raise cmdd.jobs.InvalidTransitionError: the event is impossible; nothing changes.
         """
-        before = self._jobs.get(event.job_id)
+        job_id = event.job_id
+        before = self._jobs.get(job_id)
         after = apply_event(before, event)
         if before is not None:
             self.counts[before.state] -= 1
+            if after is None or after.state is not before.state:
+                _remove(self._by_state[before.state], job_id)
         if after is None:
-            del self._jobs[event.job_id]
-            index = bisect.bisect_left(self._ids, event.job_id)
-            del self._ids[index]
+            assert before is not None
+            del self._jobs[job_id]
+            _remove(self._ids, job_id)
+            _remove(self._by_owner[before.owner], job_id)
+            for label in before.spec.labels.items():
+                _remove(self._by_label[label], job_id)
         else:
-            self._jobs[event.job_id] = after
+            self._jobs[job_id] = after
             self.counts[after.state] += 1
+            if before is None or after.state is not before.state:
+                _insert(self._by_state[after.state], job_id)
             if isinstance(event, Created):
-                if not self._ids or self._ids[-1] < event.job_id:
-                    self._ids.append(event.job_id)
-                else:
-                    bisect.insort(self._ids, event.job_id)
-                self._next_id = max(self._next_id, event.job_id + 1)
+                _insert(self._ids, job_id)
+                _insert(self._by_owner.setdefault(after.owner, []), job_id)
+                for label in after.spec.labels.items():
+                    _insert(self._by_label.setdefault(label, []), job_id)
+                self._next_id = max(self._next_id, job_id + 1)
         for listener in self._listeners:
             listener(event, after)
         return after
@@ -82,8 +95,45 @@ class JobStore:
         """The job with this id, if it exists."""
         return self._jobs.get(job_id)
 
-    def newest_first(self, before: int | None = None) -> Iterator[Job]:
-        """Jobs from the newest down, starting below id C{before} if given."""
-        end = len(self._ids) if before is None else bisect.bisect_left(self._ids, before)
+    def newest_first(
+        self, before: int | None = None, ids: Sequence[int] | None = None
+    ) -> Iterator[Job]:
+        """Jobs from the newest down, starting below id C{before} if given;
+        only those in C{ids} (a sorted id index) when given."""
+        ids = self._ids if ids is None else ids
+        end = len(ids) if before is None else bisect.bisect_left(ids, before)
         for index in range(end - 1, -1, -1):
-            yield self._jobs[self._ids[index]]
+            yield self._jobs[ids[index]]
+
+    def narrowest_index(
+        self,
+        states: Iterable[State] = (),
+        owner: str | None = None,
+        labels: Iterable[tuple[str, str]] = (),
+    ) -> Sequence[int] | None:
+        """The smallest sorted id index that holds every job these filters can
+        match, or C{None} if none applies (then all ids must be walked)."""
+        candidates: list[Sequence[int]] = []
+        states = list(states)
+        if len(states) == 1:
+            candidates.append(self._by_state[states[0]])
+        elif states:
+            candidates.append(sorted(i for state in states for i in self._by_state[state]))
+        if owner is not None:
+            candidates.append(self._by_owner.get(owner, []))
+        candidates += [self._by_label.get(label, []) for label in labels]
+        return min(candidates, key=len) if candidates else None
+
+
+def _insert(ids: list[int], job_id: int) -> None:
+    # Ids mostly arrive in order: appending is the common, O(1) case.
+    if not ids or ids[-1] < job_id:
+        ids.append(job_id)
+    else:
+        bisect.insort(ids, job_id)
+
+
+def _remove(ids: list[int], job_id: int) -> None:
+    index = bisect.bisect_left(ids, job_id)
+    if index < len(ids) and ids[index] == job_id:
+        del ids[index]

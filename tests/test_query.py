@@ -35,7 +35,7 @@ def build() -> JobStore:
 
 def ids(store: JobStore, params: dict[str, list[str]], **kw: Any) -> list[int]:
     query = parse_query(params, FIELDS, **kw)
-    jobs, _ = run_query(query, store.newest_first, store.oldest_first)
+    jobs, _ = run_query(query, store)
     return [job.id for job in jobs]
 
 
@@ -82,8 +82,7 @@ def test_cursor_pages_have_no_gaps_or_duplicates(sort: str) -> None:
         params = {"sort": [sort], "limit": ["2"]}
         if cursor:
             params["cursor"] = [cursor]
-        jobs, cursor = run_query(parse_query(params, FIELDS), store.newest_first,
-                                 store.oldest_first)
+        jobs, cursor = run_query(parse_query(params, FIELDS), store)
         seen.extend(job.id for job in jobs)
         if sort == "-created" and len(seen) == 2:
             store.record(Created(7, 2000.0, parse_spec({"command": "new"}), "bob"))
@@ -120,8 +119,7 @@ def test_bad_parameters_are_400_naming_them(params: dict[str, list[str]], field:
 def test_cursor_of_another_sort_is_refused() -> None:
     """A cursor only continues the list it came from."""
     store = build()
-    _, cursor = run_query(parse_query({"limit": ["1"]}, FIELDS), store.newest_first,
-                          store.oldest_first)
+    _, cursor = run_query(parse_query({"limit": ["1"]}, FIELDS), store)
     assert cursor is not None
     with pytest.raises(ClientError):
         parse_query({"cursor": [cursor], "sort": ["duration"]}, FIELDS)

@@ -50,3 +50,33 @@ def test_listeners_see_every_event() -> None:
     event = Created(1, 1.0, SPEC)
     job = store.record(event)
     assert seen == [(event, job)]
+
+
+def test_indexes_follow_every_event() -> None:
+    """The state, owner and label indexes always hold exactly the matching ids,
+    sorted, through creation, state changes and deletion."""
+    import random
+
+    rng = random.Random(5)
+    store = JobStore()
+    for _ in range(400):
+        alive = list(store.oldest_first())
+        job = rng.choice(alive) if alive and rng.random() < 0.7 else None
+        if job is None:
+            spec = parse_spec({"command": "x", "labels": {"k": rng.choice("ab")}})
+            store.record(Created(store.allocate_id(), 1.0, spec, rng.choice(["u1", "u2"])))
+        elif job.state is State.QUEUED:
+            store.record(Ended(job.id, 2.0, Outcome(rng.choice([State.CANCELLED,
+                                                                 State.NOT_EXECUTED]))))
+        elif job.state.final:
+            store.record(Deleted(job.id, 3.0))
+    jobs = list(store.oldest_first())
+    for state in State:
+        assert list(store.narrowest_index([state]) or []) == [
+            j.id for j in jobs if j.state is state]
+    for owner in ("u1", "u2", "nobody"):
+        assert list(store.narrowest_index(owner=owner) or []) == [
+            j.id for j in jobs if j.owner == owner]
+    assert list(store.narrowest_index(labels=[("k", "a")]) or []) == [
+        j.id for j in jobs if j.spec.labels["k"] == "a"]
+    assert store.narrowest_index() is None
