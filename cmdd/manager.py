@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.application.service import Service
@@ -26,6 +26,7 @@ from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, remove_outputs
 
 log = Logger()
+T = TypeVar("T")
 
 
 @attrs.define
@@ -110,27 +111,12 @@ class JobManager(Service):
         job = self.get(job_id)
         if job.state.final:
             return succeed(job)
-        waiters = self._final_waiters.setdefault(job_id, [])
-
-        def forget(waiter: Deferred[Job]) -> None:
-            # A client that went away must not leave its waiter behind.
-            waiters.remove(waiter)
-
-        waiter: Deferred[Job] = Deferred(forget)
-        waiters.append(waiter)
-        return waiter
+        return _new_waiter(self._final_waiters, job_id)
 
     def output_changed(self, job_id: int) -> Deferred[None]:
         """A new Deferred that fires when more of the job's output is in its
         files, or the job ends (whichever comes first)."""
-        waiters = self._output_waiters.setdefault(job_id, [])
-
-        def forget(waiter: Deferred[None]) -> None:
-            waiters.remove(waiter)
-
-        waiter: Deferred[None] = Deferred(forget)
-        waiters.append(waiter)
-        return waiter
+        return _new_waiter(self._output_waiters, job_id)
 
     def _output_flushed(self, job_id: int) -> None:
         for waiter in self._output_waiters.pop(job_id, []):
@@ -412,6 +398,15 @@ class JobManager(Service):
 
     def _end_failed(self, failure: Failure, run: _Run) -> None:
         log.failure("recording the end of job {job_id} failed", failure, job_id=run.job_id)
+
+
+def _new_waiter(registry: dict[int, list[Deferred[T]]], job_id: int) -> Deferred[T]:
+    """A fresh Deferred listed under C{job_id}; cancelling it (the client went
+    away) removes it, so abandoned waiters leave nothing behind."""
+    waiters = registry.setdefault(job_id, [])
+    waiter: Deferred[T] = Deferred(waiters.remove)
+    waiters.append(waiter)
+    return waiter
 
 
 def _journal_unavailable(failure: Failure) -> Job:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import children_of, is_alive, living_in_group, read_pid_file
 
 pytestmark = pytest.mark.integration
 
@@ -73,56 +74,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgrp) of a process from C{/proc}, or C{None}."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            data = stat_file.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
 
 
-def is_alive(pid: int) -> bool:
-    """Whether C{pid} exists and has not exited (a zombie has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat_ = proc_stat(pid)
-    return stat_ is not None and stat_[0] not in ("Z", "X", "x")
 
 
-def living_in_group(pgid: int) -> list[int]:
-    """Live processes whose process group is C{pgid}."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat_ = proc_stat(int(entry))
-            if stat_ is not None and stat_[2] == pgid and stat_[0] not in ("Z", "X", "x"):
-                members.append(int(entry))
-    return members
 
 
-def children_of(pid: int) -> list[int]:
-    """Processes whose parent is C{pid}."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat_ = proc_stat(int(entry))
-            if stat_ is not None and stat_[1] == pid:
-                found.append(int(entry))
-    return found
 
 
-def read_pid_file(path: Path) -> int | None:
-    """The pid a job wrote to C{path}, once completely written."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.endswith("\n") else None
 
 
 # --- curl -------------------------------------------------------------------------

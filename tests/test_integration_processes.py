@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]  # ships no type information
+from procs import is_alive, living_in_group, proc_stat, read_pid_file
 from twisted.internet import process as twisted_process
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -96,41 +97,12 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         await deferLater(reactor, 0.02, lambda: None)
 
 
-def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, pgrp, session) of a process from C{/proc}, or C{None}."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            data = stat_file.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
 
 
-def is_alive(pid: int) -> bool:
-    """Whether C{pid} is a process that has not exited (zombies count as gone)."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X", "x")
 
 
-def living_in_group(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is C{pgid}."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X", "x"):
-                members.append(int(entry))
-    return members
 
 
-def read_pid_file(path: Path) -> int | None:
-    """The pid a job wrote to C{path}, once it is completely written."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.endswith("\n") else None
 
 
 @implementer(IExecutor)
