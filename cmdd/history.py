@@ -59,6 +59,11 @@ class Retention:
     days: float | None = None
     jobs: int | None = None
 
+    @property
+    def keeps_everything(self) -> bool:
+        """Whether this policy never drops a job."""
+        return self.days is None and self.jobs is None
+
     def expired(self, store: JobStore, now: float) -> list[int]:
         """Ids of finished jobs to drop, oldest first."""
         finished = [job for job in store.oldest_first() if job.state.final]
@@ -101,6 +106,7 @@ class History:
         self._remove_outputs = remove_outputs
         self._compacting = False
         self._compaction_waiters: list[Deferred[int]] = []
+        self.deleted_since_compaction = 0
         self.compactions = 0
 
     def load(self, record: Record) -> None:
@@ -111,11 +117,22 @@ class History:
         """Apply C{event} now; the Deferred fires once it is durable."""
         job = self.store.record(event)
         durable = self._log.append(event)
-        if self._log.size >= self.compact_bytes and not self._compacting:
+        if isinstance(event, Deleted):
+            self.deleted_since_compaction += 1
+        if (
+            self._log.size >= self.compact_bytes
+            and not self._compacting
+            and self._compaction_can_shrink()
+        ):
             self.compact().addErrback(
                 lambda failure: log.failure("journal compaction failed", failure)
             )
         return job, durable
+
+    def _compaction_can_shrink(self) -> bool:
+        # A journal whose jobs were never deleted holds nothing to drop, and
+        # appends wait while a compaction writes: only compact when it pays.
+        return self.deleted_since_compaction > 0 or not self.retention.keeps_everything
 
     def compact(self) -> Deferred[int]:
         """Apply retention, then rewrite the log as the live jobs; fires with its size."""
@@ -126,8 +143,10 @@ class History:
         self._compacting = True
         now = self._clock.seconds()
         expired = self.retention.expired(self.store, now)
-        for job_id in expired:
-            self.store.record(Deleted(job_id, now))
+        # One pass over each index, not one list shift per job: retention may
+        # drop a large share of a big history at once.
+        self.store.forget(expired)
+        self.deleted_since_compaction = 0
         jobs = list(self.store.oldest_first())
 
         def done(size: int) -> None:

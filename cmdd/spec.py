@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from attrs import frozen
@@ -44,6 +45,9 @@ MAX_PATH_CHARS = 4096
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
+#: Shared by every spec without environment or labels (most of them): a fresh
+#: empty dict per job costs 64 bytes each, 122 MiB at a million jobs.
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 _UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
 _UMASK = re.compile(r"0?[0-7]{3}\Z")
 
@@ -54,12 +58,12 @@ class JobSpec:
 
     command: str | None = None
     command_line: tuple[str, ...] | None = None
-    environment: Mapping[str, str] = {}
+    environment: Mapping[str, str] = _EMPTY
     working_directory: str | None = None
     stdin: str | None = None
     umask: str | None = None
     timeout: float | None = None
-    labels: Mapping[str, str] = {}
+    labels: Mapping[str, str] = _EMPTY
     user: str | None = None
 
     def argv(self) -> tuple[str, ...]:
@@ -205,7 +209,7 @@ def parse_spec(body: object) -> JobSpec:
         if field not in KNOWN_FIELDS:
             raise SpecError("UNKNOWN_FIELD", f"unknown field {field!r}", str(field))
     command, command_line = _parse_command(body)
-    environment: dict[str, str] = {}
+    environment: Mapping[str, str] = _EMPTY
     if body.get("environment") is not None:
         environment = _string_map(
             body["environment"],
@@ -246,7 +250,7 @@ def parse_spec(body: object) -> JobSpec:
     timeout = None
     if body.get("timeout") is not None:
         timeout = _parse_timeout(body["timeout"])
-    labels: dict[str, str] = {}
+    labels: Mapping[str, str] = _EMPTY
     if body.get("labels") is not None:
         labels = _string_map(
             body["labels"],

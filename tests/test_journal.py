@@ -249,3 +249,36 @@ async def test_writer_groups_commits_and_survives_compaction(tmp_path: Path) -> 
     assert list(replayed.oldest_first()) == list(store.oldest_first())
     assert report.torn_bytes == 0  # type: ignore[attr-defined]
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_no_compaction_when_nothing_can_be_dropped() -> None:
+    """With keep-everything retention and no deletions, a big log is left alone
+    (a compaction would hold up appends for nothing); one deletion enables it."""
+
+    class GrowingLog(MemoryLog):
+        def append(self, item: Event | Meta):  # type: ignore[no-untyped-def]
+            self.size += 100
+            return super().append(item)
+
+    history = History(JobStore(), GrowingLog(), Clock(), compact_bytes=250)
+    for event in [*life(1), *life(2)]:
+        history.record(event)
+    assert history.compactions == 0
+    history.record(Deleted(1, 50.0))
+    assert history.compactions == 1
+    assert [job.id for job in history.store.oldest_first()] == [2]
+
+
+def test_bulk_forget_keeps_indexes_exact() -> None:
+    """Dropping many finished jobs at once leaves every index consistent."""
+    store = JobStore()
+    for job_id in range(1, 11):
+        for event in life(job_id):
+            store.record(event)
+    store.record(Created(11, 1.0, SPEC, "bob"))
+    store.forget([2, 4, 6, 8, 10, 99])
+    assert [job.id for job in store.oldest_first()] == [1, 3, 5, 7, 9, 11]
+    assert list(store.narrowest_index([State.FAILED]) or []) == [1, 3, 5, 7, 9]
+    assert list(store.narrowest_index(owner="bob") or []) == [11]
+    assert list(store.narrowest_index(labels=[("k", "v")]) or []) == [1, 3, 5, 7, 9, 11]
+    assert store.counts[State.FAILED] == 5 and len(store) == 6
