@@ -239,6 +239,7 @@ class CmddAPI:
                 changed=self._manager.output_changed,
                 run_blocking=self._run_blocking,
                 sse=sse,
+                clock=self._manager.clock,
             )
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"accept-ranges", b"bytes")

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -24,6 +25,8 @@ from cmdd.errors import ClientError
 from cmdd.jobs import Job, outcome_to_json
 
 CHUNK = 64 * 1024
+#: After new output, wait this long for more before reading (batches lines).
+COALESCE_SECONDS = 0.05
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
@@ -121,6 +124,7 @@ async def follow(
     changed: Callable[[int], Deferred[None]],
     run_blocking: Callable[..., Deferred[Any]],
     sse: bool,
+    clock: IReactorTime,
     offset: int = 0,
 ) -> bytes:
     """Write the output from C{offset} as it is produced; return once the job
@@ -137,17 +141,23 @@ async def follow(
             more = None if ended else changed(job_id)
             chunk: bytes = await run_blocking(read_chunk, path, offset, CHUNK)
             if chunk:
-                if more is not None:
-                    more.addErrback(lambda _: None)
-                    more.cancel()
                 offset += len(chunk)
                 text = decoder.decode(chunk)
                 request.write(sse_event(stream, text) if sse else chunk)
                 await flow.drained()
-                continue
-            if more is None:
+                if len(chunk) == CHUNK or more is None:
+                    # More may be there already (or the job ended): read on.
+                    if more is not None:
+                        more.addErrback(lambda _: None)
+                        more.cancel()
+                    continue
+            elif more is None:
                 break
+            # At the end of the file: wait for the next write (or the end),
+            # then let a few more writes gather so a chatty job costs one
+            # read per interval rather than one per line.
             await more
+            await deferLater(clock, COALESCE_SECONDS, lambda: None)
         if sse and not flow.stopped:
             tail = decoder.decode(b"", final=True)
             if tail:

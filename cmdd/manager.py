@@ -76,6 +76,8 @@ class JobManager(Service):
         self._executor = executor
         self._io = io
         self._clock = clock
+        #: The manager's clock, for API code that needs to wait (follow).
+        self.clock = clock
         self.output_dir = output_dir
         self.limits = limits
         self._queue: collections.deque[int] = collections.deque()

@@ -393,10 +393,12 @@ def test_follow_streams_output_until_the_job_ends(client: Client) -> None:
     execution = client.executor.by_job(1)
     results = _stream(client, "/api/jobs/1/output/stdout?follow=1")
     execution.stdout.write("первая\n".encode())
+    client.clock.advance(0.1)  # the follower batches writes for 50 ms
     client.treq.flush()
     assert results == [], "still following while the job runs"
     execution.stdout.write(b"second\n")
     execution.finish(0)
+    client.clock.advance(0.1)
     client.treq.flush()
     code, body, _headers = results[0]
     assert code == 200 and body == "первая\nsecond\n".encode()
@@ -413,16 +415,22 @@ def test_server_sent_events(client: Client) -> None:
     # A UTF-8 character split across two writes still arrives whole.
     encoded = "привет\n".encode()
     execution.stdout.write(encoded[:3])
+    client.clock.advance(0.1)
+    client.treq.flush()
     execution.stdout.write(encoded[3:])
+    client.clock.advance(0.1)
+    client.treq.flush()
     execution.finish(4)
+    client.clock.advance(0.1)
     client.treq.flush()
     _code, body, headers = results[0]
     assert headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
     text = body.decode()
     events = [block for block in text.split("\n\n") if block]
     # EventSource joins an event's data lines with newlines.
-    data = "".join("\n".join(line[6:] for line in e.split("\n")[1:])
-                   for e in events if e.startswith("event: stdout"))
+    stdout_events = [e for e in events if e.startswith("event: stdout")]
+    assert len(stdout_events) == 2, "two reads, the character split between them"
+    data = "".join("\n".join(line[6:] for line in e.split("\n")[1:]) for e in stdout_events)
     assert data == "привет\n"
     assert events[-1].startswith("event: end\ndata: ")
     end = json.loads(events[-1].split("data: ", 1)[1])
