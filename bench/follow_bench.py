@@ -87,7 +87,6 @@ import platform
 import pstats
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -98,9 +97,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+import benchlib
+
 BATCH = 50
 SKEW_SAMPLE = 50
 END_GRACE = 30.0
@@ -108,47 +106,8 @@ MIB = 2**20
 
 
 # --------------------------------------------------------------------------
-# Helpers (the same as in bench/lists_bench.py; each script stands alone)
+# Helpers (the shared ones are in bench/benchlib.py)
 # --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"twistd exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                if s.getsockname()[1] != port:  # not a TCP self-connect
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A field of /proc/PID/status: kB fields (VmHWM, VmRSS) in bytes, others as is."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                parts = line.split()
-                return int(parts[1]) * (1024 if parts[-1] == "kB" else 1)
-    return 0
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process itself (its threads, not its children)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu_split(pid: int) -> tuple[float, float]:
@@ -188,40 +147,6 @@ def tcp_queues(server_port: int, client_port: int) -> dict[str, int]:
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def twistd_path() -> str:
-    beside = Path(sys.executable).with_name("twistd")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("twistd")
-    if found is None:
-        raise RuntimeError("twistd not found beside this Python nor on PATH")
-    return found
-
-
-def git_meta() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-            ).stdout
-        except OSError:
-            return ""
-
-    changed = git("status", "--porcelain", "--", "cmdd", "twisted")
-    return {
-        "git_commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
-        "git_dirty_files": [line[3:] for line in changed.splitlines() if line.strip()],
-    }
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def file_limit(needed: int) -> dict[str, Any]:
@@ -277,8 +202,8 @@ class Daemon:
         self.dir.mkdir()
         if template is not None:
             shutil.copytree(template, self.dir / "data", symlinks=True)
-        self.port = free_port()
-        self.argv = [twistd_path(), "-n", "--pidfile="]
+        self.port = benchlib.free_port()
+        self.argv = [benchlib.twistd_path(), "-n", "--pidfile="]
         if profile is not None:
             self.argv += [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
         self.argv += [
@@ -300,21 +225,14 @@ class Daemon:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
             )
         STARTED.append(self)
-        wait_until_listening(self.port, self.proc, 60)
-        self.token = (self.dir / "data" / "admin.token").read_text().strip()
+        benchlib.wait_until_listening(self.port, self.proc, 60)
+        self.token = benchlib.read_token(self.dir / "data")
 
     def stop(self, grace: float = 20.0) -> int | None:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return benchlib.stop_process(proc, grace)
 
     def log_tail(self) -> str:
         try:
@@ -370,8 +288,8 @@ class Sampler:
             self.rows.append(
                 (
                     round(time.monotonic() - self.t0, 3),
-                    round(proc_status(self.pid, "VmRSS") / MIB, 2),
-                    proc_status(self.pid, "Threads"),
+                    round(benchlib.proc_status(self.pid, "VmRSS") / MIB, 2),
+                    benchlib.proc_status(self.pid, "Threads"),
                     open_fds(self.pid),
                 )
             )
@@ -550,8 +468,8 @@ def check_body(body: bytes, expected: bytes) -> str | None:
 async def settle(daemon: Daemon, result: dict[str, Any]) -> None:
     """Let the fresh daemon go idle, note its RSS and reset its peak to it."""
     await asyncio.sleep(0.5)
-    result["rss_idle_mib"] = proc_status(daemon.pid, "VmRSS") / MIB
-    result["peak_rss_at_start_mib"] = proc_status(daemon.pid, "VmHWM") / MIB
+    result["rss_idle_mib"] = benchlib.proc_status(daemon.pid, "VmRSS") / MIB
+    result["peak_rss_at_start_mib"] = benchlib.proc_status(daemon.pid, "VmHWM") / MIB
     result["peak_reset"] = reset_peak_rss(daemon.pid)
 
 
@@ -559,9 +477,9 @@ async def wait_daemon_idle(pid: int, timeout: float = 60.0) -> float:
     """Wait until the daemon uses under 2 % CPU over 0.3 s; returns seconds waited."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        before = proc_cpu_seconds(pid)
+        before = benchlib.proc_cpu_seconds(pid)
         await asyncio.sleep(0.3)
-        if proc_cpu_seconds(pid) - before <= 0.006:
+        if benchlib.proc_cpu_seconds(pid) - before <= 0.006:
             break
     return time.monotonic() - t0
 
@@ -591,7 +509,7 @@ async def chatty_phase(
         t0 = time.monotonic()
         sampler = Sampler(daemon.pid, t0)
         sampler.start()
-        cpu_connect0 = proc_cpu_seconds(daemon.pid)
+        cpu_connect0 = benchlib.proc_cpu_seconds(daemon.pid)
         job_id = await loop.run_in_executor(None, daemon.submit, command)
         final = loop.run_in_executor(None, daemon.wait_final, job_id)
         request = follow_request(job_id, daemon.token)
@@ -604,16 +522,16 @@ async def chatty_phase(
         result["all_connected_after_s"] = time.monotonic() - t0
         await wait_daemon_idle(daemon.pid)
         result["requests_handled_after_s"] = time.monotonic() - t0
-        result["daemon_cpu_s_connecting"] = proc_cpu_seconds(daemon.pid) - cpu_connect0
-        result["rss_connected_mib"] = proc_status(daemon.pid, "VmRSS") / MIB
+        result["daemon_cpu_s_connecting"] = benchlib.proc_cpu_seconds(daemon.pid) - cpu_connect0
+        result["rss_connected_mib"] = benchlib.proc_status(daemon.pid, "VmRSS") / MIB
         # The measured window: from the gate opening until every stream ended.
         client0 = self_cpu_seconds()
-        cpu0 = proc_cpu_seconds(daemon.pid)
+        cpu0 = benchlib.proc_cpu_seconds(daemon.pid)
         user0, sys0 = proc_cpu_split(daemon.pid)
         gate.touch()
         t_gate = time.monotonic()
         final_seen, job = await final
-        cpu_final = proc_cpu_seconds(daemon.pid)
+        cpu_final = benchlib.proc_cpu_seconds(daemon.pid)
         result["job"] = {
             k: job.get(k) for k in ("id", "state", "exit_code", "created", "completed")
         }
@@ -621,7 +539,7 @@ async def chatty_phase(
         if streams:
             await asyncio.wait([s.done for s in streams], timeout=END_GRACE)
         all_done = time.monotonic()
-        cpu_done = proc_cpu_seconds(daemon.pid)
+        cpu_done = benchlib.proc_cpu_seconds(daemon.pid)
         user1, sys1 = proc_cpu_split(daemon.pid)
         result["daemon_user_s"] = user1 - user0
         result["daemon_sys_s"] = sys1 - sys0
@@ -630,7 +548,7 @@ async def chatty_phase(
         result["daemon_cpu_s_to_final"] = cpu_final - cpu0
         result["daemon_cpu_s"] = cpu_done - cpu0
         result["window_s"] = all_done - t_gate
-        result["peak_rss_mib"] = proc_status(daemon.pid, "VmHWM") / MIB
+        result["peak_rss_mib"] = benchlib.proc_status(daemon.pid, "VmHWM") / MIB
         result["client_cpu_s"] = client_cpu
         result["daemon"] = sampler.summary()
         # Verify every stream.
@@ -674,8 +592,8 @@ async def chatty_phase(
             "end_lag_p50_ms": statistics.median(end_lags) * 1e3 if end_lags else None,
             "end_lag_max_ms": max(end_lags) * 1e3 if end_lags else None,
             "skew_sampled_followers": len({id(s) for s in streams if s.log_arrivals}),
-            "skew_p50_ms": percentile(skews, 0.5) * 1e3 if skews else None,
-            "skew_p99_ms": percentile(skews, 0.99) * 1e3 if skews else None,
+            "skew_p50_ms": benchlib.percentile(skews, 0.5) * 1e3 if skews else None,
+            "skew_p99_ms": benchlib.percentile(skews, 0.99) * 1e3 if skews else None,
             "skew_max_ms": max(skews) * 1e3 if skews else None,
             "errors": sorted({s.error for s in streams if s.error}),
         }
@@ -775,7 +693,7 @@ async def slow_phase(
         t0 = time.monotonic()
         sampler = Sampler(daemon.pid, t0)
         sampler.start()
-        cpu0 = proc_cpu_seconds(daemon.pid)
+        cpu0 = benchlib.proc_cpu_seconds(daemon.pid)
         job_id = await loop.run_in_executor(None, daemon.submit, command)
         final = loop.run_in_executor(None, daemon.wait_final, job_id)
         reader = ChunkedBody(ord("x"))
@@ -792,8 +710,8 @@ async def slow_phase(
                 assert stream.transport is not None
                 stream.transport.pause_reading()
                 await asyncio.sleep(stall)
-                result["rss_at_resume_mib"] = proc_status(daemon.pid, "VmRSS") / MIB
-                result["peak_rss_at_resume_mib"] = proc_status(daemon.pid, "VmHWM") / MIB
+                result["rss_at_resume_mib"] = benchlib.proc_status(daemon.pid, "VmRSS") / MIB
+                result["peak_rss_at_resume_mib"] = benchlib.proc_status(daemon.pid, "VmHWM") / MIB
                 result["received_before_resume"] = stream.received
                 client_port = stream.transport.get_extra_info("sockname")[1]
                 result["kernel_queues_at_resume"] = tcp_queues(daemon.port, client_port)
@@ -815,9 +733,9 @@ async def slow_phase(
             result["body_bytes"] = reader.body_bytes
             result["body_all_x"] = reader.all_fill
             result["body_complete"] = reader.body_bytes == total and reader.all_fill
-        result["daemon_cpu_s"] = proc_cpu_seconds(daemon.pid) - cpu0
+        result["daemon_cpu_s"] = benchlib.proc_cpu_seconds(daemon.pid) - cpu0
         await sampler.stop()
-        result["peak_rss_mib"] = proc_status(daemon.pid, "VmHWM") / MIB
+        result["peak_rss_mib"] = benchlib.proc_status(daemon.pid, "VmHWM") / MIB
         result["daemon"] = sampler.summary()
         status, outcome = await loop.run_in_executor(
             None, daemon.call, "GET", f"/api/results/{job_id}"
@@ -957,15 +875,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return results
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    # Turn SIGTERM into SystemExit so the finally blocks stop what we started.
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="150 lines, 0/10/100, 10 MB")
+    parser = benchlib.arg_parser(__doc__, quick_help="150 lines, 0/10/100, 10 MB")
     parser.add_argument("--followers", default=None, help="comma-separated (0,10,1000)")
     parser.add_argument("--lines", type=int, default=None, help="lines of the chatty job (2000)")
     parser.add_argument("--slow-mb", type=int, default=None, help="MB of the slow job (50)")
@@ -987,10 +898,12 @@ def main() -> None:
     args.stall = args.stall if args.stall is not None else (2.0 if args.quick else 10.0)
     # Seconds between the slow job's 10 slices.
     args.gap = 0.2 if args.quick else 1.0
-    RESULTS.mkdir(exist_ok=True)
+    benchlib.RESULTS.mkdir(exist_ok=True)
     when = time.strftime("%Y%m%d-%H%M%S")
     suffix = "-quick" if args.quick else ""
-    out_path = Path(args.out) if args.out else RESULTS / f"follow_bench-{when}{suffix}.json"
+    out_path = (
+        Path(args.out) if args.out else benchlib.RESULTS / f"follow_bench-{when}{suffix}.json"
+    )
     # Each follower is one socket here and one in the daemon (which inherits
     # this limit), plus the daemon's own files.
     limits = file_limit(max(args.followers) + 512)
@@ -1008,7 +921,7 @@ def main() -> None:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
-        **git_meta(),
+        **benchlib.git_meta(),
     }
     print(
         f"follow_bench {meta['when']}  followers {args.followers}, {args.lines} lines, "
@@ -1020,7 +933,7 @@ def main() -> None:
         flush=True,
     )
     started = time.time()
-    workdir = Path(tempfile.mkdtemp(prefix="follow-bench-", dir=RESULTS))
+    workdir = Path(tempfile.mkdtemp(prefix="follow-bench-", dir=benchlib.RESULTS))
     try:
         results = {**meta, **asyncio.run(run(args, workdir))}
     finally:

@@ -55,7 +55,6 @@ data directory are removed at the end (try/finally).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import http.client
 import inspect
@@ -64,8 +63,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,16 +74,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+import benchlib
+
 #: CMDD_BENCH_TREE=DIR measures the cmdd package in DIR/cmdd instead (e.g. an
 #: older commit unpacked with `git archive COMMIT cmdd | tar -x -C DIR`).
 TREE = os.environ.get("CMDD_BENCH_TREE")
 if TREE:
     sys.path.insert(0, os.path.abspath(TREE))
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+elif str(benchlib.ROOT) not in sys.path:
+    sys.path.insert(0, str(benchlib.ROOT))
 
 import cmdd  # noqa: E402
 
@@ -361,73 +357,15 @@ def measure_size(store: JobStore, reps: int, min_reps: int, budget: float) -> di
 # --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"twistd exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                if s.getsockname()[1] != port:  # not a TCP self-connect
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A kB field of /proc/PID/status (VmHWM, VmRSS), in bytes."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def twistd_path() -> str:
-    beside = Path(sys.executable).with_name("twistd")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("twistd")
-    if found is None:
-        raise RuntimeError("twistd not found beside this Python nor on PATH")
-    return found
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
 def wait_idle(pid: int, timeout: float = 60.0) -> float:
     """Wait until the daemon uses < 2 % CPU over 0.5 s (replay, compaction done)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = proc_cpu_seconds(pid)
+        before = benchlib.proc_cpu_seconds(pid)
         time.sleep(0.5)
-        if proc_cpu_seconds(pid) - before < 0.01:
+        if benchlib.proc_cpu_seconds(pid) - before < 0.01:
             break
-    return proc_cpu_seconds(pid)
+    return benchlib.proc_cpu_seconds(pid)
 
 
 class Client:
@@ -448,19 +386,9 @@ class Client:
         self.conn.close()
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
 def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[str, Any]:
-    port = free_port()
-    argv = [
-        twistd_path(), "-n", "--pidfile=", "cmdd",
-        "--data-dir", str(journal_dir),
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-    ]  # fmt: skip
+    port = benchlib.free_port()
+    argv = benchlib.cmdd_argv(journal_dir, port)
     result: dict[str, Any] = {"jobs": jobs, "argv": argv[1:]}
     log = open(log_path, "wb")
     proc: subprocess.Popen[bytes] | None = None
@@ -473,12 +401,12 @@ def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[s
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, cwd=journal_dir, env=env
         )
-        wait_until_listening(port, proc, 300)
+        benchlib.wait_until_listening(port, proc, 300)
         result["start_to_listen_s"] = time.monotonic() - t0
         wait_idle(proc.pid)
         result["idle_after_start_s"] = time.monotonic() - t0
-        result["rss_idle_mib"] = proc_status(proc.pid, "VmRSS") / 2**20
-        token = (journal_dir / "admin.token").read_text().strip()
+        result["rss_idle_mib"] = benchlib.proc_status(proc.pid, "VmRSS") / 2**20
+        token = benchlib.read_token(journal_dir)
         client = Client(port, token)
         clients.append(client)
         failed = "/api/jobs?state=failed&limit=50"
@@ -503,7 +431,7 @@ def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[s
         if checks["/api/jobs?state=failed&limit=50"]["rows"] != 50:
             raise RuntimeError(f"state=failed gave {checks}")
         samples: dict[str, list[float]] = {name: [] for name in paths}
-        cpu0 = proc_cpu_seconds(proc.pid)
+        cpu0 = benchlib.proc_cpu_seconds(proc.pid)
         # The full-scan lists stop after 10 samples once they have used 3 s.
         for _ in range(reps):
             for name, path in paths.items():
@@ -513,14 +441,14 @@ def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[s
                 if status != 200:
                     raise RuntimeError(f"GET {path} answered {status}")
                 samples[name].append(seconds)
-        result["daemon_cpu_s"] = proc_cpu_seconds(proc.pid) - cpu0
+        result["daemon_cpu_s"] = benchlib.proc_cpu_seconds(proc.pid) - cpu0
         base = statistics.median(samples["/api/jobs?limit=50 (no filter)"])
         health = statistics.median(samples["/healthz"])
         result["requests"] = {
             name: {
                 "n": len(values),
                 "median_ms": statistics.median(values) * 1e3,
-                "p90_ms": percentile(values, 0.9) * 1e3,
+                "p90_ms": benchlib.percentile(values, 0.9) * 1e3,
                 "max_ms": max(values) * 1e3,
                 "vs_unfiltered": statistics.median(values) / base,
                 "vs_healthz": statistics.median(values) / health,
@@ -561,11 +489,11 @@ def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[s
             "healthz_idle_median_ms": statistics.median(idle_health) * 1e3,
             "healthz_idle_max_ms": max(idle_health) * 1e3,
             "healthz_busy_median_ms": statistics.median(loaded_health) * 1e3,
-            "healthz_busy_p90_ms": percentile(loaded_health, 0.9) * 1e3,
+            "healthz_busy_p90_ms": benchlib.percentile(loaded_health, 0.9) * 1e3,
             "healthz_busy_max_ms": max(loaded_health) * 1e3,
         }
-        result["rss_after_mib"] = proc_status(proc.pid, "VmRSS") / 2**20
-        result["peak_rss_mib"] = proc_status(proc.pid, "VmHWM") / 2**20
+        result["rss_after_mib"] = benchlib.proc_status(proc.pid, "VmRSS") / 2**20
+        result["peak_rss_mib"] = benchlib.proc_status(proc.pid, "VmHWM") / 2**20
     except Exception as e:
         tail = log_path.read_bytes()[-2000:].decode(errors="replace") if log_path.exists() else ""
         result["error"] = f"{type(e).__name__}: {e}"
@@ -575,7 +503,7 @@ def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[s
         for c in clients:
             c.close()
         if proc is not None:
-            result["exit_status"] = stop_process(proc)
+            result["exit_status"] = benchlib.stop_process(proc)
         log.close()
     return result
 
@@ -583,22 +511,6 @@ def http_part(journal_dir: Path, jobs: int, reps: int, log_path: Path) -> dict[s
 # --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
-
-
-def git_meta() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-            ).stdout
-        except OSError:
-            return ""
-
-    changed = git("status", "--porcelain", "--", "cmdd", "twisted")
-    return {
-        "git_commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
-        "git_dirty_files": [line[3:] for line in changed.splitlines() if line.strip()],
-    }
 
 
 def render_sizes(sizes: dict[int, Any]) -> list[str]:
@@ -621,15 +533,8 @@ def render_sizes(sizes: dict[int, Any]) -> list[str]:
     return lines
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    # Turn SIGTERM into SystemExit so the finally blocks stop what we started.
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10k and 100k only; HTTP at 10k")
+    parser = benchlib.arg_parser(__doc__, quick_help="10k and 100k only; HTTP at 10k")
     parser.add_argument("--sizes", default=None, help="comma-separated job counts")
     parser.add_argument("--http-jobs", type=int, default=None, help="0 skips the HTTP part")
     parser.add_argument("--seed", type=int, default=1)
@@ -653,12 +558,12 @@ def main() -> None:
     min_reps = 3
     budget = 1.5 if args.quick else 6.0
 
-    RESULTS.mkdir(exist_ok=True)
+    benchlib.RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path = (
         Path(args.out)
         if args.out
-        else RESULTS / f"lists_bench-{stamp}{'-quick' if args.quick else ''}.json"
+        else benchlib.RESULTS / f"lists_bench-{stamp}{'-quick' if args.quick else ''}.json"
     )
     started = time.time()
     meta = {
@@ -671,7 +576,7 @@ def main() -> None:
         "loadavg_start": os.getloadavg(),
         "run_query_api": RUN_QUERY_API,
         "cmdd_package": os.path.dirname(cmdd.__file__ or ""),
-        **git_meta(),
+        **benchlib.git_meta(),
     }
     print(
         f"lists_bench {meta['when']}  sizes {sizes}  HTTP at {http_jobs}  "
@@ -685,7 +590,7 @@ def main() -> None:
         f"  loadavg {' '.join(f'{x:.2f}' for x in meta['loadavg_start'])}",
         flush=True,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="lists-bench-", dir=RESULTS))
+    workdir = Path(tempfile.mkdtemp(prefix="lists-bench-", dir=benchlib.RESULTS))
     results: dict[str, Any] = {**meta, "sizes": {}}
     try:
         history = History(args.seed)
@@ -700,7 +605,7 @@ def main() -> None:
                 journal.close()
                 journal = None
             counts = {s.value: c for s, c in history.store.counts.items() if c}
-            rss = proc_status(os.getpid(), "VmRSS") / 2**20
+            rss = benchlib.proc_status(os.getpid(), "VmRSS") / 2**20
             print(
                 f"  {n:,} jobs built in {seconds:.1f} s (RSS {rss:,.0f} MiB) {counts}", flush=True
             )

@@ -32,14 +32,12 @@ bench/results/wait_bench-TIMESTAMP.json.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,98 +47,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+import benchlib
+
 BLOCK = 25
 WARMUP = 10
 BODY = json.dumps({"command_line": ["true"]}).encode()
-
-
-# --------------------------------------------------------------------------
-# The daemon (the same helpers as bench/lists_bench.py; each script stands alone)
-# --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"twistd exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                if s.getsockname()[1] != port:  # not a TCP self-connect
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A kB field of /proc/PID/status (VmHWM, VmRSS), in bytes."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process itself (not its children)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def twistd_path() -> str:
-    beside = Path(sys.executable).with_name("twistd")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("twistd")
-    if found is None:
-        raise RuntimeError("twistd not found beside this Python nor on PATH")
-    return found
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
-def git_meta() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-            ).stdout
-        except OSError:
-            return ""
-
-    changed = git("status", "--porcelain", "--", "cmdd", "twisted")
-    return {
-        "git_commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
-        "git_dirty_files": [line[3:] for line in changed.splitlines() if line.strip()],
-    }
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 # --------------------------------------------------------------------------
@@ -236,24 +147,17 @@ def server_times(client: Client, ids: set[int]) -> dict[int, float]:
     return found
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    # Turn SIGTERM into SystemExit so the finally blocks stop what we started.
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="30 jobs per mode")
+    parser = benchlib.arg_parser(__doc__, quick_help="30 jobs per mode")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per mode (200)")
     parser.add_argument("--interval", type=float, default=0.1, help="polling interval, s")
     parser.add_argument("--out", default=None, help="JSON result path")
     args = parser.parse_args()
     jobs = args.jobs or (30 if args.quick else 200)
-    RESULTS.mkdir(exist_ok=True)
+    benchlib.RESULTS.mkdir(exist_ok=True)
     when = time.strftime("%Y%m%d-%H%M%S")
     suffix = "-quick" if args.quick else ""
-    out_path = Path(args.out) if args.out else RESULTS / f"wait_bench-{when}{suffix}.json"
+    out_path = Path(args.out) if args.out else benchlib.RESULTS / f"wait_bench-{when}{suffix}.json"
     meta: dict[str, Any] = {
         "benchmark": "wait_bench",
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -263,7 +167,7 @@ def main() -> None:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
-        **git_meta(),
+        **benchlib.git_meta(),
     }
     print(
         f"wait_bench {meta['when']}  {jobs} jobs per mode, poll interval "
@@ -272,14 +176,10 @@ def main() -> None:
         f"{' '.join(f'{x:.2f}' for x in meta['loadavg_start'])}",
         flush=True,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="wait-bench-", dir=RESULTS))
+    workdir = Path(tempfile.mkdtemp(prefix="wait-bench-", dir=benchlib.RESULTS))
     data_dir = workdir / "data"
-    port = free_port()
-    argv = [
-        twistd_path(), "-n", "--pidfile=", "cmdd",
-        "--data-dir", str(data_dir),
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-    ]  # fmt: skip
+    port = benchlib.free_port()
+    argv = benchlib.cmdd_argv(data_dir, port)
     meta["argv"] = argv[1:]
     log_path = workdir / "twistd.log"
     log = open(log_path, "wb")
@@ -290,31 +190,31 @@ def main() -> None:
     cpu: dict[str, float] = dict.fromkeys(MODES, 0.0)
     try:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-        wait_until_listening(port, proc, 60)
-        token = (data_dir / "admin.token").read_text().strip()
+        benchlib.wait_until_listening(port, proc, 60)
+        token = benchlib.read_token(data_dir)
         client = Client(port, token)
         for warm_up in MODES.values():
             for _ in range(WARMUP):
                 warm_up(client, args.interval)
-        meta["rss_idle_mib"] = proc_status(proc.pid, "VmRSS") / 2**20
+        meta["rss_idle_mib"] = benchlib.proc_status(proc.pid, "VmRSS") / 2**20
         done = 0
         while done < jobs:
             block = min(BLOCK, jobs - done)
             for mode, run in MODES.items():
-                cpu0 = proc_cpu_seconds(proc.pid)
+                cpu0 = benchlib.proc_cpu_seconds(proc.pid)
                 for _ in range(block):
                     samples[mode].append(run(client, args.interval))
-                cpu[mode] += proc_cpu_seconds(proc.pid) - cpu0
+                cpu[mode] += benchlib.proc_cpu_seconds(proc.pid) - cpu0
             done += block
             print(f"  {done}/{jobs} jobs per mode", flush=True)
         ids = {job_id for rows in samples.values() for job_id, _, _ in rows}
         server = server_times(client, ids)
-        meta["peak_rss_mib"] = proc_status(proc.pid, "VmHWM") / 2**20
+        meta["peak_rss_mib"] = benchlib.proc_status(proc.pid, "VmHWM") / 2**20
     finally:
         if client is not None:
             client.close()
         if proc is not None:
-            meta["exit_status"] = stop_process(proc)
+            meta["exit_status"] = benchlib.stop_process(proc)
         log.close()
         if proc is None or proc.returncode not in (0, -signal.SIGTERM):
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -328,7 +228,7 @@ def main() -> None:
         results["modes"][mode] = {
             "n": len(rows),
             "median_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": percentile(latencies, 0.99) * 1e3,
+            "p99_ms": benchlib.percentile(latencies, 0.99) * 1e3,
             "min_ms": min(latencies) * 1e3,
             "max_ms": max(latencies) * 1e3,
             "requests_per_job_mean": statistics.mean(requests),
@@ -337,7 +237,7 @@ def main() -> None:
             "requests_histogram": {str(k): requests.count(k) for k in sorted(set(requests))},
             "daemon_cpu_ms_per_job": cpu[mode] / len(rows) * 1e3,
             "server_created_to_completed_median_ms": statistics.median(daemon) * 1e3,
-            "server_created_to_completed_p99_ms": percentile(daemon, 0.99) * 1e3,
+            "server_created_to_completed_p99_ms": benchlib.percentile(daemon, 0.99) * 1e3,
             "samples": [
                 {"id": job_id, "ms": round(seconds * 1e3, 3), "requests": count}
                 for job_id, seconds, count in rows
