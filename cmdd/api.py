@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import attrs
@@ -22,7 +22,7 @@ from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.auth import RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
-from cmdd.follow import file_size, follow, parse_range, read_chunk
+from cmdd.follow import follow, parse_range
 from cmdd.jobs import Job, State
 from cmdd.manager import JobManager
 from cmdd.openapi import description
@@ -37,12 +37,11 @@ from cmdd.representations import (
     token_json,
 )
 from cmdd.spec import parse_spec
-from cmdd.spool import STREAMS, output_path, read_output
+from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.web import read_json, respond_json
 
 log = Logger()
 
-T = TypeVar("T")
 #: Runs a blocking function on a worker thread (C{deferToThread} in the daemon).
 BlockingRunner = Callable[..., Deferred[Any]]
 
@@ -248,9 +247,9 @@ class CmddAPI:
             data: bytes = await self._run_blocking(read_output, path)
             request.setHeader(b"content-length", b"%d" % len(data))
             return data
-        size: int = await self._run_blocking(file_size, path)
+        size: int = await self._run_blocking(output_size, path)
         first, last = parse_range(wanted, size)
-        data = await self._run_blocking(read_chunk, path, first, last - first + 1)
+        data = await self._run_blocking(read_output, path, first, last - first + 1)
         request.setResponseCode(206)
         request.setHeader(b"content-range", f"bytes {first}-{last}/{size}".encode("ascii"))
         request.setHeader(b"content-length", b"%d" % len(data))

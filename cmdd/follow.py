@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,29 +22,12 @@ from zope.interface import implementer
 
 from cmdd.errors import ClientError
 from cmdd.jobs import Job, outcome_to_json
+from cmdd.spool import read_output
 
 CHUNK = 64 * 1024
 #: After new output, wait this long for more before reading (batches lines).
 COALESCE_SECONDS = 0.05
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
-
-
-def read_chunk(path: str, offset: int, size: int) -> bytes:
-    """Up to C{size} bytes of C{path} from C{offset}; empty if none (yet)."""
-    try:
-        with open(path, "rb") as spooled:
-            spooled.seek(offset)
-            return spooled.read(size)
-    except FileNotFoundError:
-        return b""
-
-
-def file_size(path: str) -> int:
-    """The file's size; 0 if it does not exist (a silent job)."""
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
 
 
 def parse_range(header: str, size: int) -> tuple[int, int]:
@@ -139,7 +121,7 @@ async def follow(
             ended = job is None or job.state.final
             # Ask to be told of new output before looking, so none slips by.
             more = None if ended else changed(job_id)
-            chunk: bytes = await run_blocking(read_chunk, path, offset, CHUNK)
+            chunk: bytes = await run_blocking(read_output, path, offset, CHUNK)
             if chunk:
                 offset += len(chunk)
                 text = decoder.decode(chunk)

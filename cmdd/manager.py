@@ -7,7 +7,6 @@ process's end means); the executor owns the mechanics of processes.
 from __future__ import annotations
 
 import collections
-import os
 import signal
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from cmdd.history import History
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
 from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError, exec_failure
 from cmdd.spec import JobSpec
-from cmdd.spool import IOWorker, OutputSpool, output_path, remove_outputs
+from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_outputs
 
 log = Logger()
 T = TypeVar("T")
@@ -240,7 +239,7 @@ class JobManager(Service):
                 self._queue.append(job.id)
             elif job.state is State.RUNNING:
                 stdout_bytes, stderr_bytes = (
-                    _file_size(output_path(self.output_dir, job.id, stream))
+                    output_size(output_path(self.output_dir, job.id, stream))
                     for stream in ("stdout", "stderr")
                 )
                 self.history.record(
@@ -418,10 +417,3 @@ def _journal_unavailable(failure: Failure) -> Job:
         status=503,
         headers={"Retry-After": "5"},
     )
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0

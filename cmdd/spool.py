@@ -69,13 +69,23 @@ def _append(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def read_output(path: str, limit: int | None = None) -> bytes:
-    """A stream's spooled bytes (up to C{limit}); empty if nothing was written."""
+def read_output(path: str, offset: int = 0, limit: int | None = None) -> bytes:
+    """A stream's spooled bytes from C{offset} (up to C{limit}); empty if
+    nothing was written (yet)."""
     try:
         with open(path, "rb") as spooled:
+            spooled.seek(offset)
             return spooled.read(-1 if limit is None else limit)
     except FileNotFoundError:
         return b""
+
+
+def output_size(path: str) -> int:
+    """Bytes kept in a stream's file; 0 if nothing was written."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def remove_outputs(output_dir: str, job_id: int) -> None:
