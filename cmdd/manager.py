@@ -74,8 +74,7 @@ class JobManager(Service):
         self.store = history.store
         self._executor = executor
         self._io = io
-        self._clock = clock
-        #: The manager's clock, for API code that needs to wait (follow).
+        #: Time source for timers; API code that waits (follow) uses it too.
         self.clock = clock
         self.output_dir = output_dir
         self.limits = limits
@@ -129,7 +128,7 @@ class JobManager(Service):
         waiter = self.when_final(job_id)
         if waiter.called:
             return waiter
-        timer = self._clock.callLater(seconds, waiter.cancel)
+        timer = self.clock.callLater(seconds, waiter.cancel)
 
         def settle(result: Job | Failure) -> Job:
             if timer.active():
@@ -165,7 +164,7 @@ class JobManager(Service):
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         job, durable = self.history.record(
-            Created(self.store.allocate_id(), self._clock.seconds(), spec, owner)
+            Created(self.store.allocate_id(), self.clock.seconds(), spec, owner)
         )
         assert job is not None
         self.submitted_total += 1
@@ -194,7 +193,7 @@ class JobManager(Service):
         if run is None:
             self._queue.remove(job_id)
             outcome = Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
-            self.history.record(Ended(job_id, self._clock.seconds(), outcome))
+            self.history.record(Ended(job_id, self.clock.seconds(), outcome))
         elif run.cancel_reason is None and run.exit is None:
             run.cancel_reason = reason
             run.cancelled_by = by
@@ -213,7 +212,7 @@ class JobManager(Service):
                 f"job {job_id} is {job.state.value}; cancel it before deleting",
                 status=409,
             )
-        _, durable = self.history.record(Deleted(job_id, self._clock.seconds(), by))
+        _, durable = self.history.record(Deleted(job_id, self.clock.seconds(), by))
         # Files go only once the deletion is durable: a crash in between must
         # not leave a job whose output is missing.
         return durable.addCallback(lambda _: self.remove_outputs([job_id]))
@@ -233,7 +232,7 @@ class JobManager(Service):
         A job that was running when the daemon died may or may not have
         finished its work; it is never run again.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         for job in self.store.oldest_first():
             if job.state is State.QUEUED:
                 self._queue.append(job.id)
@@ -289,7 +288,7 @@ class JobManager(Service):
         # Start processes after the current request's response is written,
         # and once for a burst of submissions.
         if self._pump_call is None or not self._pump_call.active():
-            self._pump_call = self._clock.callLater(0, self._pump)
+            self._pump_call = self.clock.callLater(0, self._pump)
 
     def _pump(self) -> None:
         while not self._stopping and self._queue and len(self._running) < self.limits.max_running:
@@ -298,7 +297,7 @@ class JobManager(Service):
     def _start(self, job_id: int) -> None:
         run = _Run(job_id)
         self._running[job_id] = run
-        _, durable = self.history.record(Started(job_id, self._clock.seconds()))
+        _, durable = self.history.record(Started(job_id, self.clock.seconds()))
         durable.addCallbacks(
             lambda _: self._spawn(run), lambda failure: self._spawn_refused(run, failure)
         ).addErrback(self._end_failed, run)
@@ -322,7 +321,7 @@ class JobManager(Service):
             self._end(run, Outcome(State.NOT_EXECUTED, reason=str(e)))
             return
         if job.spec.timeout is not None:
-            run.timeout_call = self._clock.callLater(job.spec.timeout, self._time_out, run)
+            run.timeout_call = self.clock.callLater(job.spec.timeout, self._time_out, run)
         run.execution.ended().addCallback(self._process_ended, run).addErrback(
             self._end_failed, run
         )
@@ -334,7 +333,7 @@ class JobManager(Service):
 
     def _end(self, run: _Run, outcome: Outcome) -> None:
         del self._running[run.job_id]
-        self.history.record(Ended(run.job_id, self._clock.seconds(), outcome))
+        self.history.record(Ended(run.job_id, self.clock.seconds(), outcome))
         self._schedule_pump()
 
     def _time_out(self, run: _Run) -> None:
@@ -350,7 +349,7 @@ class JobManager(Service):
             # reused, so it must not be signalled again.
             return
         run.execution.signal_group(signal.SIGTERM)
-        run.kill_call = self._clock.callLater(self.limits.kill_grace, self._kill, run)
+        run.kill_call = self.clock.callLater(self.limits.kill_grace, self._kill, run)
 
     def _kill(self, run: _Run) -> None:
         log.info("job {job_id} ignored SIGTERM; sending SIGKILL", job_id=run.job_id)
