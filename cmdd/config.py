@@ -44,6 +44,14 @@ class Settings:
     client_ca: str | None = None
     #: (cmdd user, Unix user) pairs allowed for the job spec's "user".
     run_as: frozenset[tuple[str, str]] = frozenset()
+    #: Who jobs run as when the daemon runs as root and the spec has no "user".
+    job_user: str = "nobody"
+    #: auto (bubblewrap when it works), bubblewrap (required) or off.
+    job_sandbox: str = "auto"
+    job_private_tmp: bool = False
+    job_network: bool = True
+    #: Whether any job may run as root (job_user or an allow-listed "user").
+    allow_root_jobs: bool = False
 
     @property
     def journal_path(self) -> str:
@@ -70,10 +78,22 @@ _INTS = (
     "retain_jobs",
 )
 _FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "retain_days")
-_BOOLS = ("allow_plaintext", "journal_recover")
+_BOOLS = ("allow_plaintext", "journal_recover", "job_private_tmp", "job_network", "allow_root_jobs")
 FSYNC_MODES = ("always", "never")
+SANDBOX_MODES = ("auto", "bubblewrap", "off")
 KEYS = frozenset(
-    {"data_dir", "listen", "journal_fsync", "client_ca", "run_as", *_BOOLS, *_INTS, *_FLOATS}
+    {
+        "data_dir",
+        "listen",
+        "journal_fsync",
+        "client_ca",
+        "run_as",
+        "job_user",
+        "job_sandbox",
+        *_BOOLS,
+        *_INTS,
+        *_FLOATS,
+    }
 )
 
 
@@ -126,6 +146,14 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         if merged["journal_fsync"] not in FSYNC_MODES:
             raise ConfigError(f"journal_fsync must be one of {', '.join(FSYNC_MODES)}")
         values["journal_fsync"] = merged["journal_fsync"]
+    if "job_user" in merged:
+        if not isinstance(merged["job_user"], str) or not merged["job_user"]:
+            raise ConfigError("job_user must be a Unix user name")
+        values["job_user"] = merged["job_user"]
+    if "job_sandbox" in merged:
+        if merged["job_sandbox"] not in SANDBOX_MODES:
+            raise ConfigError(f"job_sandbox must be one of {', '.join(SANDBOX_MODES)}")
+        values["job_sandbox"] = merged["job_sandbox"]
     for key in _INTS:
         if key in merged:
             values[key] = _number(key, merged[key], int)
@@ -133,6 +161,11 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         if key in merged:
             values[key] = _number(key, merged[key], float)
     settings = Settings(**values)
+    if not settings.allow_root_jobs:
+        if settings.job_user == "root":
+            raise ConfigError("job_user is root: set allow_root_jobs = true if you mean it")
+        if any(unix_user == "root" for _, unix_user in settings.run_as):
+            raise ConfigError("run_as names root: set allow_root_jobs = true if you mean it")
     for description in settings.listen:
         check_endpoint(description, settings.allow_plaintext)
     return settings

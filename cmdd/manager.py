@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from cmdd.errors import ClientError, not_found
 from cmdd.history import History
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
-from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError, exec_failure
+from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
 from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_outputs
 
@@ -64,7 +64,7 @@ class JobManager(Service):
     def __init__(
         self,
         history: History,
-        executor: IExecutor,
+        executor: IExecutor | None,
         io: IOWorker,
         clock: IReactorTime,
         output_dir: str,
@@ -72,7 +72,7 @@ class JobManager(Service):
     ) -> None:
         self.history = history
         self.store = history.store
-        self._executor = executor
+        self.executor = executor
         self._io = io
         #: Time source for timers; API code that waits (follow) uses it too.
         self.clock = clock
@@ -315,7 +315,8 @@ class JobManager(Service):
         run.stderr = OutputSpool(self._io, output_path(self.output_dir, job.id, "stderr"), cap)
         run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._output_flushed(job.id)
         try:
-            run.execution = self._executor.launch(job.id, job.spec, run.stdout, run.stderr)
+            assert self.executor is not None, "the composition root sets the executor"
+            run.execution = self.executor.launch(job.id, job.spec, run.stdout, run.stderr)
         except SpawnError as e:
             log.info("job {job_id} not executed: {why}", job_id=job.id, why=str(e))
             self._end(run, Outcome(State.NOT_EXECUTED, reason=str(e)))
@@ -369,10 +370,9 @@ class JobManager(Service):
             cancelled=run.cancel_reason is not None,
             timed_out=run.timed_out,
         )
-        reason = run.cancel_reason
-        exec_error = exec_failure(exit.exit_code, run.stderr.head)
-        if exec_error is not None and state is State.FAILED and not run.timed_out:
-            state, reason = State.NOT_EXECUTED, exec_error
+        reason = run.cancel_reason or exit.failure
+        if exit.not_executed is not None:
+            state, reason = State.NOT_EXECUTED, exit.not_executed
         # The result is visible only once its output is in the files.
         await run.stdout.close()
         await run.stderr.close()

@@ -1,31 +1,24 @@
-"""Executors: where a job's process runs. The local one uses spawnProcess.
+"""Executors: where a job's process runs. The local one asks the spawner.
 
-Spawning stays on Twisted's C{posix_spawnp} fast path (no C{path}, C{uid} or
-C{gid} argument), whose cost does not grow with the daemon's heap, unlike
-fork. What that path cannot do is done around it:
-
- - a new session and process group: the child is C{setsid PROGRAM ...}, so
-   cancel and timeout can signal the whole group with C{killpg};
- - working directory and umask: set in the daemon just around the spawn (the
-   child inherits both at spawn time) and restored at once. The reactor
-   thread is the only one that spawns; the I/O thread only uses absolute
-   paths and explicit file modes, so the brief change cannot affect it.
+The daemon never forks a job itself: L{LocalExecutor} hands each job to the
+spawner process (L{cmdd.spawner}, reached through L{SpawnerLink}) with the
+three pipe ends the job will use, and reads the other ends here with
+Twisted's pipe readers and writer. Identity, session, working directory,
+umask and environment are applied by the spawner in the job's child, so no
+process-wide state of the daemon ever changes for a job, and nothing the
+client sends runs with the daemon's privileges.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import pwd
-import signal
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 from attrs import frozen
+from twisted.internet import process as twisted_process
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -44,10 +37,16 @@ class SpawnError(Exception):
 
 @frozen
 class ProcessExit:
-    """How a job's process ended, before policy (cancel/timeout) is applied."""
+    """How a job's process ended, before policy (cancel/timeout) is applied.
+
+    C{not_executed} says why it never started; C{failure} why its end is
+    unknown (the spawner went away while it ran).
+    """
 
     exit_code: int | None
     signal: int | None
+    not_executed: str | None = None
+    failure: str | None = None
 
 
 class IExecution(Interface):
@@ -78,46 +77,20 @@ class IExecutor(Interface):
         """
 
 
-class OSOperations(Protocol):
-    """The process-wide OS calls the local executor makes (replaceable in tests)."""
+@frozen
+class Identity:
+    """Who a job runs as: the Unix account and what it implies."""
 
-    def killpg(self, pgid: int, signum: int, /) -> None: ...
-    def kill(self, pid: int, signum: int, /) -> None: ...
+    name: str
+    uid: int | None
+    gid: int | None
+    groups: tuple[int, ...]
+    home: str
 
-
-def find_program(name: str, search_path: str) -> str | None:
-    """The file C{execvp} would run for C{name}, or C{None}.
-
-    Relative names with a slash resolve against the current directory.
-    """
-    if "/" in name:
-        return name if _is_executable_file(name) else None
-    for directory in search_path.split(":"):
-        candidate = os.path.join(directory or ".", name)
-        if _is_executable_file(candidate):
-            return candidate
-    return None
-
-
-def _is_executable_file(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
-#: What util-linux's setsid and setpriv print when their exec of the job fails.
-_EXEC_FAILED = (b"setsid: failed to execute ", b"setpriv: failed to execute ")
-
-
-def exec_failure(exit_code: int | None, stderr_head: bytes) -> str | None:
-    """Why the trampoline could not exec the job, if that is what happened.
-
-    The program was checked before spawning, but the kernel can still refuse
-    it (a script whose #! interpreter is missing, a wrong binary format);
-    then setsid exits 126 or 127 with its message first on stderr.
-    """
-    if exit_code not in (126, 127) or not stderr_head.startswith(_EXEC_FAILED):
-        return None
-    line = stderr_head.split(b"\n", 1)[0]
-    return line.decode("utf-8", "replace")
+    @property
+    def default_directory(self) -> str:
+        """Where a job runs when its spec names no working directory."""
+        return self.home if os.path.isdir(self.home) else "/"
 
 
 def job_environment(spec: JobSpec, job_id: int, base: Mapping[str, str]) -> dict[str, str]:
@@ -131,90 +104,121 @@ def job_environment(spec: JobSpec, job_id: int, base: Mapping[str, str]) -> dict
 
 
 @implementer(IExecution)
-class _JobProcess(ProcessProtocol):
-    """Feeds stdin, routes output to spools, and reports the end once.
+class JobProcess:
+    """One job's pipes and end, fed by the spawner's answers.
 
-    C{processEnded} waits for every pipe to close, which a grandchild holding
-    stdout can delay forever: after C{processExited} a drain timer kills the
-    group and closes the pipes.
+    The job has ended once the spawner reported its exit and both output
+    pipes are closed. Output pipes held open by a leftover process are
+    closed after C{drain_seconds} (the spawner kills leftovers at once; this
+    is the backstop).
     """
 
     def __init__(
         self,
+        link: Any,
+        job_id: int,
         clock: IReactorTime,
-        os_ops: OSOperations,
-        stdin: bytes,
         stdout: OutputSpool,
         stderr: OutputSpool,
         drain_seconds: float,
     ) -> None:
+        self._link = link
+        self.job_id = job_id
         self._clock = clock
-        self._os = os_ops
-        self._stdin = stdin
-        self._stdout = stdout
-        self._stderr = stderr
+        self._spools = {1: stdout, 2: stderr}
         self._drain_seconds = drain_seconds
         self._drain_timer: IDelayedCall | None = None
+        self._pipes: dict[int, Any] = {}
         self._exit: ProcessExit | None = None
         self._done = False
         self._waiters: list[Deferred[ProcessExit]] = []
         self.pid = 0
 
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        # Read the pid now: a child that exits at once is reaped inside
-        # spawnProcess, which then sets the transport's pid to None.
-        self.pid = self.transport.pid or 0
-        if self._stdin:
-            self.transport.write(self._stdin)
-        self.transport.closeStdin()
+    def attach(self, reactor: Any, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+        """Read and write the daemon's ends of the job's pipes."""
+        self._pipes[0] = twisted_process.ProcessWriter(reactor, self, 0, stdin_fd)
+        self._pipes[1] = twisted_process.ProcessReader(reactor, self, 1, stdout_fd)
+        self._pipes[2] = twisted_process.ProcessReader(reactor, self, 2, stderr_fd)
 
-    def outReceived(self, data: bytes) -> None:
-        self._stdout.write(data)
+    def feed(self, data: bytes) -> None:
+        """Write the job's stdin and close it."""
+        writer = self._pipes[0]
+        if data:
+            writer.write(data)
+        writer.loseConnection()
 
-    def errReceived(self, data: bytes) -> None:
-        self._stderr.write(data)
+    def pause(self) -> None:
+        """Stop reading output (a spool is behind); the job blocks on write."""
+        for fd in (1, 2):
+            if fd in self._pipes:
+                self._pipes[fd].stopReading()
 
-    def processExited(self, reason: Failure) -> None:
-        self._exit = _exit_of(reason)
-        self._drain_timer = self._clock.callLater(self._drain_seconds, self._drain_expired)
+    def resume(self) -> None:
+        """Read output again."""
+        for fd in (1, 2):
+            if fd in self._pipes:
+                self._pipes[fd].startReading()
+
+    # --- Twisted's pipe callbacks -------------------------------------------
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self._spools[fd].write(data)
+
+    def childConnectionLost(self, fd: int, reason: Failure) -> None:
+        # Twisted's pipe objects leave closing the descriptor to their owner.
+        pipe = self._pipes.pop(fd, None)
+        if pipe is not None:
+            os.close(pipe.fd)
+        self._maybe_ended()
+
+    # --- the spawner's answers ----------------------------------------------
+
+    def started(self, pid: int) -> None:
+        """The spawner forked the job as C{pid} (in the spawner's namespace)."""
+        self.pid = pid
+
+    def exited(self, exit: ProcessExit) -> None:
+        """The job's first process ended (or never started)."""
+        if self._exit is not None:
+            return
+        self._exit = exit
+        if exit.not_executed is not None or exit.failure is not None:
+            self._close_pipes()
+        elif self._has_output_pipes():
+            self._drain_timer = self._clock.callLater(self._drain_seconds, self._drain_expired)
+        self._maybe_ended()
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
-        log.warn(
-            "process {pid} exited but its output pipes stayed open; killing its group",
-            pid=self.pid,
-        )
-        self.signal_group(signal.SIGKILL)
-        if self.transport is not None:
-            self.transport.loseConnection()
+        log.warn("job {job_id} exited but its output pipes stayed open", job_id=self.job_id)
+        self._close_pipes()
 
-    def processEnded(self, reason: Failure) -> None:
+    def _close_pipes(self) -> None:
+        for pipe in list(self._pipes.values()):
+            pipe.loseConnection()
+
+    def _has_output_pipes(self) -> bool:
+        return 1 in self._pipes or 2 in self._pipes
+
+    def _maybe_ended(self) -> None:
+        if self._done or self._exit is None or self._has_output_pipes():
+            return
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
-        if self._exit is None:
-            self._exit = _exit_of(reason)
         self._done = True
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self._exit)
 
+    # --- IExecution -----------------------------------------------------------
+
     def signal_group(self, signum: int) -> None:
-        if self.pid <= 0:
-            # killpg(0) would signal the daemon's own process group.
-            log.error("refusing to signal process group {pid}", pid=self.pid)
-            return
-        try:
-            self._os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            # Not yet its own group leader (setsid has not run) or gone.
-            try:
-                self._os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-        except PermissionError:
-            log.warn("not allowed to signal process group {pid}", pid=self.pid)
+        if self._exit is not None:
+            return  # ended: nothing of it is left to signal
+        # The spawner gets it after the spawn request, so it reaches a job
+        # that has not been reported started yet, and never a reaped one.
+        self._link.signal(self.job_id, signum)
 
     def ended(self) -> Deferred[ProcessExit]:
         waiter: Deferred[ProcessExit] = Deferred()
@@ -226,107 +230,61 @@ class _JobProcess(ProcessProtocol):
         return waiter
 
 
-def _exit_of(reason: Failure) -> ProcessExit:
-    value = reason.value
-    if isinstance(value, ProcessDone):
-        return ProcessExit(exit_code=0, signal=None)
-    if isinstance(value, ProcessTerminated):
-        return ProcessExit(exit_code=value.exitCode, signal=value.signal)
-    return ProcessExit(exit_code=None, signal=None)
-
-
 @implementer(IExecutor)
 class LocalExecutor:
-    """Runs each job as a child of the daemon, in its own session."""
+    """Runs each job on this host, forked by the spawner of its identity.
+
+    @param reactor: the reactor (pipe readers, timers).
+    @param link: the L{cmdd.spawnerlink.SpawnerLink} to the spawner.
+    @param job_identity: who jobs run as when their spec names no C{user}.
+    @param identities: looks up the identity for a spec's C{user}
+        (raises L{SpawnError} for an unknown one).
+    @param drain_seconds: how long output pipes may stay open after the job's
+        first process exited.
+    """
 
     def __init__(
         self,
         reactor: Any,
-        setsid_path: str,
+        link: Any,
+        job_identity: Identity,
+        identities: Any,
         *,
-        os_ops: OSOperations = os,
-        base_environment: Mapping[str, str] | None = None,
-        default_directory: str = "/",
         drain_seconds: float = 2.0,
-        chdir: Callable[[str], None] = os.chdir,
-        setpriv_path: str | None = None,
     ) -> None:
-        self._reactor: IReactorProcess = reactor
-        self._clock: IReactorTime = reactor
-        self._setsid = setsid_path
-        self._os = os_ops
-        self._base_env = dict(base_environment or {})
-        self._default_directory = default_directory
+        self._reactor = reactor
+        self._link = link
+        self._job_identity = job_identity
+        self._identities = identities
         self._drain_seconds = drain_seconds
-        self._chdir = chdir
-        self._setpriv = setpriv_path
-
-    def _switch_user(self, name: str) -> tuple[list[str], pwd.struct_passwd]:
-        """The setpriv prefix that becomes Unix user C{name} in the child.
-
-        Done by a program in the child (not spawnProcess's uid/gid, which
-        would leave the posix_spawn fast path for fork).
-        """
-        if self._setpriv is None:
-            raise SpawnError("running as another user needs setpriv (util-linux)")
-        try:
-            account = pwd.getpwnam(name)
-        except KeyError:
-            raise SpawnError(f"no Unix user {name!r}") from None
-        prefix = [
-            self._setpriv,
-            f"--reuid={account.pw_uid}",
-            f"--regid={account.pw_gid}",
-            "--init-groups",
-            "--",
-        ]
-        return prefix, account
 
     def launch(
         self, job_id: int, spec: JobSpec, stdout: OutputSpool, stderr: OutputSpool
     ) -> IExecution:
-        env = job_environment(spec, job_id, self._base_env)
-        argv = spec.argv()
-        directory = spec.working_directory or self._default_directory
-        switch_user: list[str] = []
+        identity = self._job_identity if spec.user is None else self._identities(spec.user)
+        base = {"HOME": identity.home}
         if spec.user is not None:
-            switch_user, account = self._switch_user(spec.user)
-            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-            env.update(spec.environment)
-            directory = spec.working_directory or account.pw_dir or "/"
-        process = _JobProcess(
-            self._clock,
-            self._os,
-            (spec.stdin or "").encode("utf-8"),
-            stdout,
-            stderr,
-            self._drain_seconds,
-        )
-        home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        old_umask = os.umask(spec.umask_value())
-        try:
-            try:
-                self._chdir(directory)
-            except OSError as e:
-                raise SpawnError(f"working directory {directory}: {e.strerror or e}") from None
-            if spec.command_line is not None:
-                program = find_program(argv[0], env.get("PATH", DEFAULT_PATH))
-                if program is None:
-                    raise SpawnError(f"{argv[0]}: executable not found")
-            try:
-                transport = self._reactor.spawnProcess(
-                    process, self._setsid, [self._setsid, "--", *switch_user, *argv], env=env
-                )
-            except OSError as e:
-                raise SpawnError(f"{argv[0]}: {os.strerror(e.errno or errno.EIO)}") from None
-        finally:
-            os.umask(old_umask)
-            os.fchdir(home)
-            os.close(home)
-        # process.pid was read in connectionMade; setsid (and setpriv) exec
-        # the job in place, so it is the job's pid and process group.
-        # twisted.internet.process.Process is a producer; the interface does not say so.
-        flow: Any = transport
-        stdout.set_flow(flow.pauseProducing, flow.resumeProducing)
-        stderr.set_flow(flow.pauseProducing, flow.resumeProducing)
+            base.update(USER=identity.name, LOGNAME=identity.name)
+        env = job_environment(spec, job_id, base)
+        process = JobProcess(self._link, job_id, self._reactor, stdout, stderr, self._drain_seconds)
+        # The job's ends go to the spawner; ours are read and written here.
+        stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
+        stdout_read, stdout_write = os.pipe2(os.O_CLOEXEC)
+        stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
+        process.attach(self._reactor, stdin_write, stdout_read, stderr_read)
+        stdout.set_flow(process.pause, process.resume)
+        stderr.set_flow(process.pause, process.resume)
+        request = {
+            "op": "spawn",
+            "job": job_id,
+            "argv": spec.argv(),
+            "env": env,
+            "cwd": spec.working_directory or identity.default_directory,
+            "umask": spec.umask_value(),
+            "uid": identity.uid,
+            "gid": identity.gid,
+            "groups": list(identity.groups),
+        }
+        self._link.spawn(request, (stdin_read, stdout_write, stderr_write), process)
+        process.feed((spec.stdin or "").encode("utf-8"))
         return process

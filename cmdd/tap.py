@@ -8,7 +8,6 @@ listening sockets are made in C{startService} (after twistd daemonizes).
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 from typing import Any
 
@@ -21,7 +20,6 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.procutils import which
 
 from cmdd import __version__
 from cmdd.accounts import Accounts
@@ -37,9 +35,10 @@ from cmdd.config import (
     with_certificate,
 )
 from cmdd.history import History, Retention
+from cmdd.jobhost import StartupError, make_executor
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.manager import JobManager, Limits
-from cmdd.runner import LocalExecutor
+from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
 from cmdd.tls import ReloadableTLS, ensure_self_signed, fingerprint
@@ -65,6 +64,8 @@ _SETTING_OPTIONS = (
     "retain-days",
     "retain-jobs",
     "client-ca",
+    "job-user",
+    "job-sandbox",
 )
 
 
@@ -83,6 +84,9 @@ class Options(usage.Options):
             None,
             "Move damaged journal lines to journal.quarantine and start anyway.",
         ],
+        ["job-private-tmp", None, "Give jobs their own empty /tmp (bubblewrap)."],
+        ["job-no-network", None, "Jobs get no network, loopback included (bubblewrap)."],
+        ["allow-root-jobs", None, "Allow job_user or run-as users to be root."],
     ]
     optParameters = [
         ["config", "c", None, "TOML config file."],
@@ -109,6 +113,13 @@ class Options(usage.Options):
         ["client-ca", None, None, "Require client certificates signed by this CA (PEM)."],
         ["retain-days", None, None, "At compaction, drop finished jobs older than this."],
         ["retain-jobs", None, None, "At compaction, keep only this many newest finished jobs."],
+        ["job-user", None, None, "Unix user jobs run as when cmdd runs as root [default: nobody]."],
+        [
+            "job-sandbox",
+            None,
+            None,
+            "auto: bubblewrap when it works (default); bubblewrap: required; off.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -139,11 +150,12 @@ class Options(usage.Options):
             overrides["run_as"] = self["run-as"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             overrides["journal_recover"] = True if self["journal-recover"] else None
+            overrides["job_private_tmp"] = True if self["job-private-tmp"] else None
+            overrides["job_network"] = False if self["job-no-network"] else None
+            overrides["allow_root_jobs"] = True if self["allow-root-jobs"] else None
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if not which("setsid"):
-            raise usage.UsageError("setsid (from util-linux) is required on PATH")
 
 
 class CmddService(MultiService):
@@ -170,17 +182,11 @@ class CmddService(MultiService):
             retention=Retention(days=settings.retain_days, jobs=settings.retain_jobs),
             remove_outputs=lambda ids: self.manager.remove_outputs(ids),
         )
-        home = _home_directory()
-        self.executor = LocalExecutor(
-            reactor,
-            which("setsid")[0] if which("setsid") else "/usr/bin/setsid",
-            base_environment={"HOME": home},
-            default_directory=home,
-            setpriv_path=next(iter(which("setpriv")), None),
-        )
+        # The executor is made in startService, once the sandbox is checked.
+        self.spawner: SpawnerLink | None = None
         self.manager = JobManager(
             self.history,
-            self.executor,
+            None,
             self.io,
             reactor,
             settings.output_dir,
@@ -215,15 +221,21 @@ class CmddService(MultiService):
 
     def startService(self) -> None:
         settings = self.settings
-        os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
+        _private_directory(settings.data_dir)
         os.makedirs(settings.output_dir, mode=0o700, exist_ok=True)
         try:
             self._lock = lock_data_dir(settings.data_dir)
+            executor, self.spawner, how = make_executor(
+                self._reactor, settings, _key_files(settings.listen)
+            )
             self._restore_history()
             self.accounts.load()
-        except (DataDirLocked, JournalCorrupt, UserError) as e:
+        except (DataDirLocked, JournalCorrupt, UserError, StartupError) as e:
             log.critical("cannot start: {why}", why=str(e))
             raise SystemExit(f"cmdd: {e}") from None
+        log.info("{how}", how=how)
+        self.manager.executor = executor
+        self.spawner.start()
         descriptions = settings.listen
         if needs_generated_certificate(descriptions):
             cert, key, created = ensure_self_signed(settings.tls_dir)
@@ -323,6 +335,8 @@ class CmddService(MultiService):
             await maybeDeferred(listener.stopService)
         self._listeners = []
         await self.manager.stopService()
+        if self.spawner is not None:
+            await self.spawner.stop()
         await super().stopService()
         await self.journal.close()
         self.io.stop()
@@ -331,11 +345,27 @@ class CmddService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
 
-def _home_directory() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_dir or "/"
-    except KeyError:
-        return "/"
+def _private_directory(path: str) -> None:
+    """Create the data directory 0700, or make an existing one 0700."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = os.stat(path).st_mode & 0o777
+    if mode != 0o700:
+        os.chmod(path, 0o700)
+        log.warn(
+            "data directory {path} was mode {mode:o}; made it 0700",
+            path=path,
+            mode=mode,
+        )
+
+
+def _key_files(descriptions: tuple[str, ...]) -> list[str]:
+    """TLS key files named by endpoints (hidden from jobs)."""
+    keys = []
+    for description in descriptions:
+        kind, _, kwargs = split_endpoint(description)
+        if kind == "ssl" and "privateKey" in kwargs:
+            keys.append(kwargs["privateKey"])
+    return keys
 
 
 def makeService(options: Options) -> IService:

@@ -54,13 +54,14 @@ class FakeExecution:
         return waiter
 
     def finish(self, exit_code: int | None = 0, signal: int | None = None,
-               stdout: bytes = b"", stderr: bytes = b"") -> None:
-        """The process writes its output and ends."""
+               stdout: bytes = b"", stderr: bytes = b"",
+               not_executed: str | None = None, failure: str | None = None) -> None:
+        """The process writes its output and ends (or was refused, or lost)."""
         if stdout:
             self.stdout.write(stdout)
         if stderr:
             self.stderr.write(stderr)
-        self.exit = ProcessExit(exit_code=exit_code, signal=signal)
+        self.exit = ProcessExit(exit_code, signal, not_executed=not_executed, failure=failure)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self.exit)

@@ -38,9 +38,18 @@ def free_port() -> int:
 class Daemon:
     """A twistd cmdd process on a loopback port, restartable on one data dir."""
 
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_args: list[str] | None = None,
+        prefix: list[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.extra_args = list(extra_args or [])
+        #: Runs twistd through this (e.g. setpriv, to start it unprivileged).
+        self.prefix = list(prefix or [])
+        self.cwd = cwd
         self.token: str | None = None
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -48,10 +57,10 @@ class Daemon:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "cmdd", "--data-dir", str(self.data_dir),
+            [*self.prefix, TWISTD, "-n", "--pidfile=", "cmdd", "--data-dir", str(self.data_dir),
              "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--max-running", "4",
              "--kill-grace", "1", *self.extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import children_of, is_alive, living_in_group, read_pid_file
+from procs import children_of, is_alive, living_in_group, proc_stat, read_pid_file
 
 pytestmark = pytest.mark.integration
 
@@ -276,10 +276,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 # --- submitting and reading results ----------------------------------------------
 
 
-def test_job_round_trip_with_utf8_output(daemon: Daemon, tmp_path: Path) -> None:
+def test_job_round_trip_with_utf8_output(daemon: Daemon, job_files: Path) -> None:
     """POST answers 202 + Location; the status is 200 until done, then 303 to a
     result whose stdout is raw UTF-8 with exit code, duration and timestamps."""
-    gate = tmp_path / "gate"
+    gate = job_files / "gate"
     submitted = daemon.submit(
         {"command": GATED.format(gate=gate, then="echo привет"), "timeout": 60}
     )
@@ -603,9 +603,11 @@ def test_plaintext_on_all_interfaces_is_refused(tmp_path: Path, endpoint: str) -
     ["echo $$ > '{ready}'; sleep 600", "trap '' TERM; echo $$ > '{ready}'; sleep 600"],
     ids=["sleep", "ignores-sigterm"],
 )
-def test_sigterm_stops_the_daemon_and_its_jobs(tmp_path: Path, command: str) -> None:
+def test_sigterm_stops_the_daemon_and_its_jobs(
+    tmp_path: Path, job_files: Path, command: str
+) -> None:
     """SIGTERM to twistd ends running jobs (TERM, grace, KILL) and exits promptly,
-    leaving no job process behind."""
+    leaving no job process behind. (No sandbox, so the job's $$ is its host pid.)"""
     daemon = launch(
         tmp_path,
         lambda ports: [
@@ -615,17 +617,22 @@ def test_sigterm_stops_the_daemon_and_its_jobs(tmp_path: Path, command: str) -> 
             f"ssl:{ports[0]}:interface=127.0.0.1",
             "--kill-grace",
             str(KILL_GRACE),
+            "--job-sandbox",
+            "off",
         ],
     )
     try:
-        ready = tmp_path / "ready"
+        ready = job_files / "ready"
         submitted = daemon.submit({"command": command.format(ready=ready)})
         assert submitted.status == 202
         pgid = wait_until(lambda: read_pid_file(ready), 15, "the job to start")
         members = wait_until(
             lambda: len(group := living_in_group(pgid)) >= 2 and group, 10, "the sleep"
         )
-        assert pgid in children_of(daemon.process.pid)
+        stat = proc_stat(pgid)
+        assert stat is not None and stat[1] in children_of(daemon.process.pid), (
+            "the job is a child of the daemon's spawner"
+        )
         asked = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
         returncode = daemon.process.wait(KILL_GRACE + 10)
@@ -641,7 +648,7 @@ def test_sigterm_stops_the_daemon_and_its_jobs(tmp_path: Path, command: str) -> 
     assert "Traceback" not in daemon.log_text()
 
 
-def test_config_file_sets_listen_and_max_running(tmp_path: Path) -> None:
+def test_config_file_sets_listen_and_max_running(tmp_path: Path, job_files: Path) -> None:
     """A TOML --config sets the data dir, several listeners and max_running."""
     config = tmp_path / "cmdd.toml"
     data_dir = tmp_path / "from-config"
@@ -659,7 +666,7 @@ def test_config_file_sets_listen_and_max_running(tmp_path: Path) -> None:
 
     daemon = launch(tmp_path, arguments, port_count=2)
     try:
-        gate = tmp_path / "gate"
+        gate = job_files / "gate"
         job = {"command": GATED.format(gate=gate, then="echo done"), "timeout": 60}
         first = daemon.submit(job).json()["id"]
         second = daemon.submit(job).json()["id"]
@@ -722,12 +729,15 @@ def test_history_survives_restarts_and_ids_are_never_reused(tmp_path: Path) -> N
     assert new_id > doomed > job_id
 
 
-def test_after_a_crash_running_jobs_are_lost_and_queued_jobs_run(tmp_path: Path) -> None:
-    """After twistd is SIGKILLed, a restart on the same port and data dir marks the
-    job that was running lost (never re-run) and runs the job that was queued."""
+def test_after_a_crash_running_jobs_are_lost_and_queued_jobs_run(
+    tmp_path: Path, job_files: Path
+) -> None:
+    """After twistd is SIGKILLed, the job that was running does not go on
+    unsupervised, and a restart on the same port and data dir marks it lost
+    (never re-run) and runs the job that was queued."""
     data_dir = tmp_path / "data"
-    ready = tmp_path / "ready"
-    crashed = launch(tmp_path, _serving(data_dir, max_running="1"))
+    ready = job_files / "ready"
+    crashed = launch(tmp_path, _serving(data_dir, max_running="1", job_sandbox="off"))
     orphan_group = None
     try:
         running_id = crashed.submit({"command": f"echo $$ >> '{ready}'; sleep 600"}).json()["id"]
@@ -737,8 +747,8 @@ def test_after_a_crash_running_jobs_are_lost_and_queued_jobs_run(tmp_path: Path)
         crashed.process.kill()
         crashed.process.wait(10)
 
-        # The orphaned job still runs; it must hold neither the port nor the lock.
-        assert living_in_group(orphan_group)
+        # The spawner saw the daemon go and ended the job.
+        wait_until(lambda: not living_in_group(orphan_group), 5, "the orphaned job to end")
         restarted = launch(tmp_path, _serving(data_dir), ports=crashed.ports)
         try:
             lost = restarted.job(running_id)

@@ -1,7 +1,8 @@
 """Integration: the job manager and the local executor with real processes.
 
 These tests run on the real reactor (via pytest-twisted) with
-L{cmdd.manager.JobManager}, L{cmdd.runner.LocalExecutor}, L{cmdd.spool.IOWorker}
+L{cmdd.manager.JobManager}, L{cmdd.runner.LocalExecutor} with a real spawner
+process (without a sandbox, so pids are the host's), L{cmdd.spool.IOWorker}
 and L{cmdd.store.JobStore} wired as C{cmdd.tap.CmddService} wires them, and
 check what happens to real child processes through C{/proc}.
 
@@ -11,13 +12,11 @@ every wait polls with a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import shutil
 import signal
+import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,18 +24,21 @@ from typing import Any, TypeVar
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]  # ships no type information
 from procs import is_alive, living_in_group, proc_stat, read_pid_file
-from twisted.internet import process as twisted_process
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from cmdd import spawner
 from cmdd.errors import ClientError
 from cmdd.history import History
+from cmdd.isolation import spawner_command
+from cmdd.jobhost import SPAWNER_ENVIRONMENT
 from cmdd.jobs import Ended, Event, Job, Started, State
 from cmdd.journal import JournalWriter
 from cmdd.manager import JobManager, Limits
-from cmdd.runner import IExecution, IExecutor, LocalExecutor
+from cmdd.runner import Identity, IExecution, IExecutor, LocalExecutor
+from cmdd.spawnerlink import SpawnerLink
 from cmdd.spec import JobSpec, parse_spec
 from cmdd.spool import IOWorker, OutputSpool, output_path
 from cmdd.store import JobStore
@@ -48,10 +50,6 @@ T = TypeVar("T")
 #: The global reactor pytest-twisted runs (typed loosely: it provides every
 #: reactor interface the daemon's objects ask for).
 reactor: Any = _reactor
-
-SETSID = shutil.which("setsid") or ""
-if not SETSID:  # pragma: no cover - util-linux is a documented requirement
-    pytest.skip("setsid (util-linux) is not installed", allow_module_level=True)
 
 #: Seconds between SIGTERM and SIGKILL in these tests.
 KILL_GRACE = 1.0
@@ -105,6 +103,30 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 
+@implementer(IExecution)
+class RecordedExecution:
+    """An execution whose signal requests are logged (time, job, signal)."""
+
+    def __init__(self, inner: IExecution, job_id: int, log: list[tuple[float, int, int]]) -> None:
+        self._inner = inner
+        self._job_id = job_id
+        self._log = log
+
+    @property
+    def pid(self) -> int:  # type: ignore[override]  # a read-only view of the inner pid
+        """The job's pid, as the spawner reported it."""
+        return self._inner.pid
+
+    def signal_group(self, signum: int) -> None:
+        """Log the request, then pass it on."""
+        self._log.append((reactor.seconds(), self._job_id, signum))
+        self._inner.signal_group(signum)
+
+    def ended(self) -> Deferred[Any]:
+        """The inner execution's end."""
+        return self._inner.ended()
+
+
 @implementer(IExecutor)
 class RecordingExecutor:
     """Delegates to the real executor and keeps each job's execution."""
@@ -112,50 +134,27 @@ class RecordingExecutor:
     def __init__(self, inner: IExecutor) -> None:
         self._inner = inner
         self.executions: dict[int, IExecution] = {}
+        #: (time, job id, signal) of every signal the manager asked for.
+        self.signals: list[tuple[float, int, int]] = []
         #: Called (on the next reactor turn) with each launched job's id.
         self.on_launch: Callable[[int], object] | None = None
 
     def launch(
         self, job_id: int, spec: JobSpec, stdout: OutputSpool, stderr: OutputSpool
     ) -> IExecution:
-        execution = self._inner.launch(job_id, spec, stdout, stderr)
+        execution = RecordedExecution(
+            self._inner.launch(job_id, spec, stdout, stderr), job_id, self.signals
+        )
         self.executions[job_id] = execution
         if self.on_launch is not None:
             reactor.callLater(0, self.on_launch, job_id)
         return execution
 
 
-class SignalLog:
-    """The executor's signal calls: recorded, and made, except to pid/pgid <= 0.
-
-    C{killpg(0, ...)} would signal the caller's own process group (here: the
-    test runner); such calls are recorded in C{refused} and fail as
-    C{ProcessLookupError} instead.
-    """
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[float, int, int]] = []
-        self.refused: list[tuple[int, int]] = []
-
-    def killpg(self, pgid: int, signum: int, /) -> None:
-        self._check(pgid, signum)
-        os.killpg(pgid, signum)
-
-    def kill(self, pid: int, signum: int, /) -> None:
-        self._check(pid, signum)
-        os.kill(pid, signum)
-
-    def _check(self, target: int, signum: int) -> None:
-        self.attempts.append((reactor.seconds(), target, signum))
-        if target <= 0:
-            self.refused.append((target, signum))
-            raise ProcessLookupError(f"refused to signal {target} in a test")
-
-
 class Harness:
     """The daemon's job machinery, wired like C{CmddService}, on the real reactor."""
 
-    def __init__(self, root: Path, limits: Limits, os_ops: SignalLog) -> None:
+    def __init__(self, root: Path, limits: Limits) -> None:
         self.root = root
         self.output_dir = root / "output"
         self.output_dir.mkdir(mode=0o700, parents=True)
@@ -167,14 +166,20 @@ class Harness:
         self.store.add_listener(lambda event, job: self.events.append(event))
         self.journal = JournalWriter(reactor, str(root / "journal.jsonl"))
         self.history = History(self.store, self.journal, reactor)
-        self.signals = os_ops
+        self.spawner = SpawnerLink(
+            reactor,
+            spawner_command(
+                sys.executable, spawner.__file__, None, as_root=False, allow_root_jobs=True
+            ),
+            SPAWNER_ENVIRONMENT,
+        )
+        identity = Identity(name="tester", uid=None, gid=None, groups=(), home=str(self.home))
         self.executor = RecordingExecutor(
             LocalExecutor(
                 reactor,
-                SETSID,
-                os_ops=os_ops,
-                base_environment={"HOME": str(self.home)},
-                default_directory=str(self.home),
+                self.spawner,
+                identity,
+                lambda name: identity,
                 drain_seconds=DRAIN_SECONDS,
             )
         )
@@ -186,11 +191,13 @@ class Harness:
         """Open the journal, start the I/O thread and the manager (as CmddService)."""
         self.journal.open()
         self.io.start()
+        self.spawner.start()
         self.manager.startService()
 
     async def stop(self) -> None:
         """End running jobs (TERM, grace, KILL), then close the journal and I/O thread."""
         await self.manager.stopService()
+        await self.spawner.stop()
         await self.journal.close()
         self.io.stop()
 
@@ -227,11 +234,9 @@ async def make_harness(tmp_path: Path) -> Any:
     """A factory of started harnesses, all stopped (jobs killed) afterwards."""
     harnesses: list[Harness] = []
 
-    def make(os_ops: SignalLog | None = None, **limits: Any) -> Harness:
+    def make(**limits: Any) -> Harness:
         limits.setdefault("kill_grace", KILL_GRACE)
-        # Never the real os module: a bug could make cmdd signal group 0.
-        os_ops = os_ops or SignalLog()
-        harness = Harness(tmp_path / f"h{len(harnesses)}", Limits(**limits), os_ops)
+        harness = Harness(tmp_path / f"h{len(harnesses)}", Limits(**limits))
         harness.start()
         harnesses.append(harness)
         return harness
@@ -356,7 +361,7 @@ async def test_missing_working_directory_is_not_executed(make_harness: Any) -> N
     assert job.outcome is not None and job.outcome.reason is not None
     assert "/nonexistent/cmdd" in job.outcome.reason
     assert "No such file or directory" in job.outcome.reason
-    assert job.id not in harness.executor.executions, "no process was spawned"
+    assert harness.executor.executions[job.id].pid == 0, "no process was started"
     follower = await harness.run(command="echo next")
     assert follower.state is State.SUCCEEDED, "the queue keeps going"
 
@@ -596,11 +601,10 @@ async def test_script_with_missing_interpreter_is_not_executed(
 
 @bounded(30)
 async def test_no_signal_is_sent_after_the_job_is_final(make_harness: Any) -> None:
-    """Once a job's process has ended cmdd never signals its pid again (the pid may
+    """Once a job's process has ended cmdd never signals it again (its pid may
     be reused), also when a cancel arrives while the job's output is still being
     written; the job keeps the outcome its process had."""
-    signals = SignalLog()
-    harness = make_harness(os_ops=signals)
+    harness = make_harness()
     release = threading.Event()
     # Hold the I/O thread, as a slow disk would: the job's output cannot be
     # written, so the manager waits for it before recording the end.
@@ -619,38 +623,13 @@ async def test_no_signal_is_sent_after_the_job_is_final(make_harness: Any) -> No
     assert final.state is State.SUCCEEDED, "it had ended on its own before the cancel"
     final_at = reactor.seconds()
     await deferLater(reactor, KILL_GRACE + 0.5, lambda: None)
-    late = [sent for sent in signals.attempts if sent[0] >= final_at]
+    late = [sent for sent in harness.executor.signals if sent[0] >= final_at]
     assert late == [], f"signals sent after the job was final: {late}"
 
 
-@pytest.fixture
-def child_exits_before_twisted_registers_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Force a real interleaving: the child has exited when Twisted registers it.
-
-    Twisted's C{registerReapProcessHandler} (called by C{spawnProcess}) reaps
-    a child that has already exited. Here it first waits (without reaping,
-    for at most 5 s) until the child exits, which a fast job does on its own
-    in a few percent of spawns.
-    """
-    original = twisted_process.registerReapProcessHandler
-
-    def register_after_exit(pid: int, process: object) -> None:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
-                break
-            time.sleep(0.001)
-        original(pid, process)
-
-    monkeypatch.setattr(twisted_process, "registerReapProcessHandler", register_after_exit)
-
-
 @bounded(30)
-async def test_cancel_of_a_job_that_exited_at_once_never_signals_group_zero(
-    make_harness: Any, child_exits_before_twisted_registers_it: None
-) -> None:
-    """A job that exits at once keeps its real pid; cancelling it never signals
-    process group 0 (the daemon's own group)."""
+async def test_cancel_of_a_job_that_exits_at_once(make_harness: Any) -> None:
+    """A cancel that races a job exiting at once ends the job once, with a real pid."""
     harness = make_harness()
     cancels: list[Deferred[Job]] = []
 
@@ -662,29 +641,75 @@ async def test_cancel_of_a_job_that_exited_at_once_never_signals_group_zero(
 
     harness.executor.on_launch = cancel_at_once
     job = await harness.run(command_line=["true"])
-    assert job.state.final
+    assert job.state in (State.SUCCEEDED, State.CANCELLED)
     assert cancels, "the cancel reached the job while the manager saw it running"
-    assert harness.signals.refused == [], "signals aimed at the daemon's own group"
-    assert harness.executor.executions[job.id].pid > 0
+    assert (await within(10, cancels[0])).state is job.state
+    harness.executor.on_launch = None
+    follower = await harness.run(command="echo next")
+    assert follower.state is State.SUCCEEDED, "the spawner keeps serving"
+
+
+# --- nothing of a job outlives it ----------------------------------------------
 
 
 @bounded(30)
-async def test_drain_of_a_job_that_exited_at_once_kills_its_group_not_the_daemons(
-    make_harness: Any, tmp_path: Path, child_exits_before_twisted_registers_it: None
+async def test_cancel_ends_a_child_that_left_the_session(
+    make_harness: Any, tmp_path: Path
 ) -> None:
-    """When a job exits at once leaving a child that holds stdout, the drain timer
-    kills the job's group (that child), never process group 0 (the daemon's)."""
+    """A child that moved to its own session (setsid) is gone after cancel too."""
     harness = make_harness()
-    background = tmp_path / "background"
+    escaped = tmp_path / "escaped"
+    job = await harness.submit(command=f"setsid sh -c 'echo $$ > {escaped}; exec sleep 600' & wait")
+    sleeper = await until(lambda: read_pid_file(escaped), 10, "the escaped child to start")
+    stat = proc_stat(sleeper)
+    assert stat is not None and stat[3] == sleeper, "it leads its own session"
+    ended = await within(15, harness.manager.cancel(job.id))
+    assert ended.state is State.CANCELLED
+    await until(lambda: not is_alive(sleeper), 5, "the escaped child to be killed")
+
+
+@bounded(30)
+async def test_a_job_leaves_nothing_running_when_it_exits(
+    make_harness: Any, tmp_path: Path
+) -> None:
+    """A daemonized leftover (own session, no pipes) is killed when the job exits."""
+    harness = make_harness()
+    escaped = tmp_path / "escaped"
     job = await harness.run(
-        wait=DRAIN_SECONDS + 10, command=f"(sleep 600 & echo $! > '{background}')"
+        command=f"setsid sh -c 'echo $$ > {escaped}; exec sleep 600' </dev/null >/dev/null 2>&1 &"
+        f" until [ -s {escaped} ]; do sleep 0.01; done"
     )
     assert job.state is State.SUCCEEDED
-    sleeper = read_pid_file(background)
+    sleeper = read_pid_file(escaped)
     assert sleeper is not None
-    try:
-        assert harness.signals.refused == [], "SIGKILL aimed at the daemon's own group"
-        await until(lambda: not is_alive(sleeper), 5, "the background sleep to be killed")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(sleeper, signal.SIGKILL)
+    await until(lambda: not is_alive(sleeper), 5, "the leftover to be killed")
+
+
+@bounded(30)
+async def test_a_job_sees_only_its_three_standard_descriptors(make_harness: Any) -> None:
+    """No descriptor of the daemon or the spawner leaks into a job."""
+    harness = make_harness()
+    job = await harness.run(command_line=["sh", "-c", "ls /proc/$$/fd"])
+    assert job.state is State.SUCCEEDED
+    assert harness.output(job.id, "stdout").split() == [b"0", b"1", b"2"]
+
+
+@bounded(30)
+async def test_a_dead_spawner_fails_its_jobs_and_is_replaced(
+    make_harness: Any, tmp_path: Path
+) -> None:
+    """If the spawner dies, its running jobs end failed (outcome unknown) and the
+    next job runs on a new spawner."""
+    harness = make_harness()
+    ready = tmp_path / "ready"
+    job = await harness.submit(command=f"echo $PPID > '{ready}'; exec sleep 600")
+    spawner_pid = await until(lambda: read_pid_file(ready), 10, "the job to start")
+    sleeper = harness.executor.executions[job.id].pid
+    os.kill(spawner_pid, signal.SIGKILL)
+    ended = await within(10, harness.manager.when_final(job.id))
+    assert ended.state is State.FAILED
+    assert ended.outcome is not None and "spawner" in (ended.outcome.reason or "")
+    await until(lambda: not is_alive(sleeper), 5, "the job's process to die with the spawner")
+    follower = await harness.run(command="echo next")
+    assert follower.state is State.SUCCEEDED
+    assert harness.output(follower.id, "stdout") == b"next\n"

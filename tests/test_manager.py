@@ -232,17 +232,28 @@ def test_abandoned_waiters_are_forgotten(world: World) -> None:
     assert world.manager._final_waiters[1] == []
 
 
-def test_exec_failure_behind_the_trampoline_is_not_executed(world: World) -> None:
-    """When setsid cannot exec the program (say, a missing #! interpreter), the job
-    is not_executed with setsid's message, not failed with exit 127."""
+def test_a_job_the_spawner_refused_is_not_executed(world: World) -> None:
+    """When the spawner cannot exec the program (say, a missing #! interpreter),
+    the job is not_executed with its reason; a shell's own exit 127 stays failed."""
     world.submit({"command_line": ["/opt/script"]})
     world.submit({"command": "exit 127"})
     world.clock.advance(0)
-    message = b"setsid: failed to execute /opt/script: No such file or directory\n"
-    world.executor.by_job(1).finish(127, stderr=message)
+    reason = "/opt/script: its interpreter was not found"
+    world.executor.by_job(1).finish(None, not_executed=reason)
     world.executor.by_job(2).finish(127, stderr=b"sh: 1: nosuchcmd: not found\n")
     one, two = world.store.get(1), world.store.get(2)
     assert one is not None and one.outcome is not None
     assert one.state is State.NOT_EXECUTED
-    assert one.outcome.reason == message.decode().strip()
+    assert one.outcome.reason == reason
     assert two is not None and two.state is State.FAILED, "a shell's own 127 stays failed"
+
+
+def test_a_job_whose_spawner_died_is_failed_with_the_reason(world: World) -> None:
+    """A job whose end is unknown (the spawner died) is failed, saying why."""
+    world.submit({"command": "sleep 60"})
+    world.clock.advance(0)
+    world.executor.by_job(1).finish(None, failure="the job spawner stopped while it ran")
+    job = world.store.get(1)
+    assert job is not None and job.outcome is not None
+    assert job.state is State.FAILED
+    assert job.outcome.reason == "the job spawner stopped while it ran"

@@ -1,0 +1,109 @@
+"""Who jobs run as and what they can reach: the spawner's command line.
+
+Pure: the facts (effective uid, where bwrap is, which paths are secret)
+come in as arguments; L{cmdd.tap} gathers them and runs the check.
+
+ - A daemon started as root runs the spawner as root with only the
+   capabilities it needs to switch users and signal jobs, and every job as
+   an unprivileged job user (or an allow-listed one; root only when
+   explicitly allowed). Jobs cannot read the data directory (0700) or the
+   daemon's C{/proc} entries, and cannot signal it.
+ - With bubblewrap (the default when it works), the spawner and its jobs
+   also live in a sandbox: the data directory and any key files elsewhere
+   are covered, a new PID namespace hides the daemon, and the sandbox dies
+   with the daemon. An unprivileged daemon relies on this alone, since its
+   jobs share its uid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from attrs import frozen
+
+#: What a root spawner keeps: switch users and groups, signal jobs of any
+#: user, and look up working directories on the jobs' behalf. Jobs lose all
+#: of it when they switch to a non-root uid.
+SPAWNER_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH")
+
+
+@frozen
+class Sandbox:
+    """A bubblewrap sandbox for the spawner and every job it forks.
+
+    @ivar bwrap: the bwrap program.
+    @ivar hidden_directories: covered by an empty tmpfs (the data directory).
+    @ivar hidden_files: covered by an empty file (key files elsewhere).
+    @ivar private_tmp: give jobs their own empty C{/tmp}.
+    @ivar network: whether jobs keep the host's network.
+    """
+
+    bwrap: str
+    hidden_directories: tuple[str, ...]
+    hidden_files: tuple[str, ...] = ()
+    private_tmp: bool = False
+    network: bool = True
+
+    def arguments(self, as_root: bool) -> list[str]:
+        """bwrap's command line up to (and including) the C{--}."""
+        argv = [
+            self.bwrap,
+            "--die-with-parent",
+            "--unshare-pid",
+            "--bind", "/", "/",
+            "--dev-bind", "/dev", "/dev",
+            "--proc", "/proc",
+        ]  # fmt: skip
+        if self.private_tmp:
+            argv += ["--tmpfs", "/tmp"]  # noqa: S108 (a mount point, not a temp file)
+        for directory in self.hidden_directories:
+            # Empty and read-only: nothing can be read there, nor left there.
+            argv += ["--tmpfs", directory, "--remount-ro", directory]
+        for path in self.hidden_files:
+            argv += ["--ro-bind", "/dev/null", path]
+        if not self.network:
+            argv.append("--unshare-net")
+        if as_root:
+            argv += ["--cap-drop", "ALL"]
+            for capability in SPAWNER_CAPABILITIES:
+                argv += ["--cap-add", capability]
+        argv.append("--")
+        return argv
+
+
+def spawner_command(
+    python: str,
+    spawner_path: str,
+    sandbox: Sandbox | None,
+    *,
+    as_root: bool,
+    allow_root_jobs: bool,
+    check: bool = False,
+) -> list[str]:
+    """The command line that starts the spawner (or, with C{check}, only
+    proves it would start)."""
+    argv = sandbox.arguments(as_root) if sandbox is not None else []
+    argv += [python, "-I", "-S", spawner_path]
+    if allow_root_jobs:
+        argv.append("--allow-root")
+    if check:
+        argv.append("--check")
+    return argv
+
+
+def hidden_files(paths: Iterable[str], hidden_directories: Iterable[str]) -> tuple[str, ...]:
+    """The secret files that are not already inside a hidden directory."""
+    directories = tuple(d.rstrip("/") + "/" for d in hidden_directories)
+    return tuple(sorted({p for p in paths if not p.startswith(directories)}))
+
+
+def without_isolation_warning(as_root: bool) -> str | None:
+    """What the operator must be told when jobs run without a sandbox."""
+    if as_root:
+        return None
+    return (
+        "JOBS ARE NOT ISOLATED: the daemon is not root and bubblewrap is not in use, "
+        "so every job runs as the daemon's own user and can read its data directory "
+        "(tokens, users, TLS key, journal), read other jobs' output and signal the "
+        "daemon. Install bubblewrap or run cmdd as root (see README, Isolation)."
+    )
