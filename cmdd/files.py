@@ -26,14 +26,22 @@ def write_all(fd: int, data: bytes) -> int:
 def open_replacement(path: str, temporary: str) -> int:
     """A new empty file at C{temporary}, mode 0600, to be renamed over C{path}.
 
-    When root replaces a regular file that another user owns (C{cmdd user
-    add} or C{cmdd journal compact} run as root against a daemon running as
+    Whatever had the temporary name (left by a crash, or a planted symlink)
+    is removed first and the file is created exclusively (C{O_EXCL},
+    C{O_NOFOLLOW}), so nothing is ever written through a link. When root
+    replaces a regular file that another user owns (C{cmdd user add} or
+    C{cmdd journal compact} run as root against a daemon running as
     C{cmdd}), the new file keeps the old one's owner and group, so the daemon
     can still read and rewrite it.
 
     @return: a descriptor open for writing; the caller closes it.
     """
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask
         if os.geteuid() == 0:

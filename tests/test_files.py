@@ -45,3 +45,23 @@ def test_a_new_file_is_the_writers_and_0600_whatever_the_umask(tmp_path: Path) -
     finally:
         os.umask(old_umask)
     assert owner_and_mode(path) == (os.geteuid(), os.getegid(), 0o600)
+
+
+def test_a_symlink_at_the_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    """Someone who can write the data directory plants a symlink where the
+    next rewrite puts its temporary file (users.<pid>.tmp, journal.jsonl.compact):
+    root's rewrite replaces the link and never truncates or writes its target."""
+    from cmdd.journal import write_atomically
+
+    target = tmp_path / "precious"
+    target.write_bytes(b"precious\n")
+    users = tmp_path / "users"
+    (tmp_path / f"users.{os.getpid()}.tmp").symlink_to(target)
+    write_private_file(str(users), b"new\n")
+    journal = tmp_path / "journal.jsonl"
+    (tmp_path / "journal.jsonl.compact").symlink_to(target)
+    write_atomically(str(journal), [b"line\n"])
+    assert target.read_bytes() == b"precious\n"
+    assert users.read_bytes() == b"new\n" and not users.is_symlink()
+    assert journal.read_bytes() == b"line\n" and not journal.is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["journal.jsonl", "precious", "users"]
