@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from cmdd.codec import CorruptLine, Meta, Record, decode, encode, job_events
-from cmdd.files import fsync_directory, write_all
+from cmdd.files import fsync_directory, open_replacement, write_all
 from cmdd.jobs import Event, Job
 
 log = Logger()
@@ -182,11 +182,14 @@ def snapshot_lines(jobs: Iterable[Job], seq: int, at: float, next_id: int) -> It
 def write_atomically(path: str, lines: Iterable[bytes]) -> int:
     """Replace C{path} with C{lines}: temp file, fsync, rename, fsync dir.
 
+    The new file keeps the old one's owner when root writes it (C{cmdd
+    journal compact} as root): see L{cmdd.files.open_replacement}.
+
     @return: the new file's size.
     """
     temporary = path + ".compact"
     size = 0
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = open_replacement(path, temporary)
     try:
         buffer: list[bytes] = []
         buffered = 0

@@ -4,11 +4,19 @@ Writes go to one dedicated I/O thread (a single-thread pool keeps them in
 order): a slow disk must never stall the reactor. Output beyond the cap is
 counted and discarded, never left unread, so a chatty child never blocks on a
 full pipe.
+
+Only the file cmdd created is ever written or served: the writer creates it
+afresh (C{O_EXCL}) and checks on every later write that the name still
+refers to it; readers refuse a symlink (C{O_NOFOLLOW}), anything but a
+regular file and a file another user owns, and serve such a file as empty
+output, with a warning in the log.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,34 +66,108 @@ def output_path(output_dir: str, job_id: int, stream: str) -> str:
     return os.path.join(output_dir, f"{job_id}.{stream}")
 
 
-def _append(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+#: The file a spool wrote: (st_dev, st_ino, bytes written so far).
+Written = tuple[int, int, int]
+
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _append(path: str, data: bytes, written: Written | None) -> Written:
+    """Append C{data} to the file this spool has C{written}, or create it if None.
+
+    Creating first removes whatever has the name (a stale file, a planted
+    symlink or hard link: unlinking never touches what a link points to),
+    then creates a new file exclusively. A later write that finds anything
+    else under the name (a symlink, which C{O_NOFOLLOW} refuses, or a file
+    of another inode or size) fails rather than write into it.
+    """
+    if written is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NO_FOLLOW
+    else:
+        flags = os.O_WRONLY | os.O_APPEND | _NO_FOLLOW
+    fd = os.open(path, flags, 0o600)
     try:
+        info = os.fstat(fd)
+        found = (info.st_dev, info.st_ino, info.st_size)
+        if written is not None and found != written:
+            raise OSError(errno.EEXIST, "no longer the output file cmdd created", path)
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
-            view = view[written:]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+    return (found[0], found[1], found[2] + len(data))
+
+
+def _refusal(info: os.stat_result) -> str | None:
+    """Why a stream's file is not one cmdd wrote, or None if it may be."""
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"it is owned by uid {info.st_uid}, not by the daemon"
+    return None
+
+
+def _refuse(path: str, why: str) -> None:
+    log.warn("not serving output file {path}: {why}; treated as empty", path=path, why=why)
+
+
+def _open_output(path: str) -> int | None:
+    """A read-only descriptor for a stream's file, or None if there is none or
+    it is not the file cmdd wrote (then a warning is logged)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            _refuse(path, "it is a symbolic link")
+            return None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            _refuse(path, "the daemon may not read it")
+            return None
+        raise
+    try:
+        why = _refusal(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    if why is not None:
+        os.close(fd)
+        _refuse(path, why)
+        return None
+    return fd
 
 
 def read_output(path: str, offset: int = 0, limit: int | None = None) -> bytes:
     """A stream's spooled bytes from C{offset} (up to C{limit}); empty if
-    nothing was written (yet)."""
-    try:
-        with open(path, "rb") as spooled:
-            spooled.seek(offset)
-            return spooled.read(-1 if limit is None else limit)
-    except FileNotFoundError:
+    nothing was written (yet) or the file is not the one cmdd wrote."""
+    fd = _open_output(path)
+    if fd is None:
         return b""
+    with os.fdopen(fd, "rb") as spooled:
+        spooled.seek(offset)
+        return spooled.read(-1 if limit is None else limit)
 
 
 def output_size(path: str) -> int:
-    """Bytes kept in a stream's file; 0 if nothing was written."""
+    """Bytes kept in a stream's file; 0 if nothing was written or the file is
+    not the one cmdd wrote."""
     try:
-        return os.stat(path).st_size
+        info = os.lstat(path)
     except FileNotFoundError:
         return 0
+    why = _refusal(info)
+    if why is not None:
+        _refuse(path, why)
+        return 0
+    return info.st_size
 
 
 def remove_outputs(output_dir: str, job_id: int) -> None:
@@ -126,7 +208,9 @@ class OutputSpool:
         self.on_flushed: Callable[[], None] = _nothing
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._in_flight: Deferred[None] | None = None
+        self._in_flight: Deferred[Written] | None = None
+        #: The file this spool created and how much is in it, once it has.
+        self._file: Written | None = None
         self._paused = False
         self._closers: list[Deferred[None]] = []
         self.failed = False
@@ -166,10 +250,14 @@ class OutputSpool:
         if self._paused:
             self._paused = False
             self._resume()
-        self._in_flight = self._io.run(_append, self.path, data)
+        self._in_flight = self._io.run(_append, self.path, data, self._file)
         self._in_flight.addCallbacks(self._written, self._write_failed)
 
-    def _written(self, _: object) -> None:
+    def _written(self, file: Written) -> None:
+        self._file = file
+        self._write_done()
+
+    def _write_done(self) -> None:
         self._in_flight = None
         self.on_flushed()
         if self._pending:
@@ -185,7 +273,7 @@ class OutputSpool:
         self.failed = True
         self._pending = []
         self._pending_bytes = 0
-        self._written(None)
+        self._write_done()
 
     def close(self) -> Deferred[None]:
         """Fires once every kept byte is in the file."""

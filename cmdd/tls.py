@@ -13,13 +13,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from zope.interface import implementer
 
 from cmdd.files import write_private_file
 
 CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"
+
+#: The TLS 1.2 suites offered: ECDHE key exchange with an AEAD cipher
+#: (AES-GCM or ChaCha20-Poly1305): Mozilla's "intermediate" TLS 1.2 list
+#: without its DHE suites. Twisted's default list also allows CBC
+#: (LUCKY13-prone), CCM, DHE and static-RSA suites. TLS 1.3 suites are not
+#: set here: OpenSSL's defaults are all AEAD and stay as they are.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+_ACCEPTABLE = AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)
 
 
 def fingerprint(cert_pem: bytes) -> str:
@@ -77,8 +94,9 @@ def ensure_self_signed(tls_dir: str, days: int = 825) -> tuple[str, str, bool]:
 class ReloadableTLS:
     """Server TLS settings whose certificate can be swapped without a restart.
 
-    TLS 1.2 minimum, Twisted's modern cipher list, no compression, no
-    renegotiation; optionally client certificates signed by C{client_ca}.
+    TLS 1.2 minimum, TLS 1.2 suites limited to L{TLS12_CIPHERS} (TLS 1.3's
+    as OpenSSL offers them), no compression, no renegotiation; optionally
+    client certificates signed by C{client_ca}.
     L{reload} re-reads the files: new connections get the new certificate,
     open ones keep theirs, and the listening socket is never closed.
     """
@@ -118,6 +136,7 @@ class ReloadableTLS:
             certificate=certs[0],
             extraCertChain=chain or None,
             raiseMinimumTo=TLSVersion.TLSv1_2,
+            acceptableCiphers=_ACCEPTABLE,
             **verify,  # type: ignore[arg-type]  # the verify keywords above
         )
         context: SSL.Context = options.getContext()

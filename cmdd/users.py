@@ -4,7 +4,9 @@ The file is like an htpasswd file, one user per line::
 
     alice:user:scrypt$16384$8$1$<salt>$<hash>
 
-It is written atomically (temporary file, fsync, rename) with mode 0600.
+It is written atomically (temporary file, fsync, rename) with mode 0600,
+keeping its owner when root rewrites it (C{cmdd user} run as root for a
+daemon running as another user).
 Hashing is deliberately slow (scrypt): callers in the daemon run it on a
 thread.
 """
@@ -142,5 +144,5 @@ def read_users(path: str) -> dict[str, User]:
 
 
 def write_users(path: str, users: dict[str, User]) -> None:
-    """Replace the users file atomically, mode 0600."""
+    """Replace the users file atomically, mode 0600, keeping its owner."""
     write_private_file(path, format_users(users).encode("utf-8"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes import FakeExecutor, InlineIO
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 
 from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
@@ -451,3 +453,33 @@ def test_range_requests_on_output(client: Client) -> None:
     code, _error, headers = client.json("GET", "/api/jobs/1/output/stdout",
                                        headers={"Range": "bytes=20-"})
     assert code == 416 and headers.getRawHeaders("content-range") == ["bytes */10"]
+
+
+def test_output_that_cmdd_did_not_write_is_not_served(client: Client, tmp_path: Path) -> None:
+    """A symlink planted in the output directory (C{1.stdout -> secret}) or a
+    file there owned by another user is served as empty output, never its
+    content, and never as a 500: output, result, Range and follow alike."""
+    client.json("POST", "/api/jobs", {"command": "x"})
+    finish(client, 1, stdout=b"mine\n", stderr=b"mine too\n")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"TOP SECRET\n")
+    stdout, stderr = tmp_path / "1.stdout", tmp_path / "1.stderr"
+    stdout.unlink()
+    stdout.symlink_to(secret)
+    stderr.unlink()
+    stderr.write_bytes(b"TOP SECRET\n")
+    os.chown(stderr, 65534, 65534)
+    with capturedLogs() as events:
+        for stream in ("stdout", "stderr"):
+            response, content = client.request("GET", f"/api/jobs/1/output/{stream}")
+            assert (response.code, content) == (200, b""), stream
+            response, content = client.request("GET", f"/api/jobs/1/output/{stream}?follow=1")
+            assert (response.code, content) == (200, b""), stream
+            code, _error, headers = client.json("GET", f"/api/jobs/1/output/{stream}",
+                                                headers={"Range": "bytes=0-3"})
+            assert code == 416 and headers.getRawHeaders("content-range") == ["bytes */0"]
+        code, result, _ = client.json("GET", "/api/results/1")
+    assert code == 200 and (result["stdout"], result["stderr"]) == ("", "")
+    assert result["stdout_bytes"] == 5, "the counts are the job's, from the journal"
+    warned = {e["path"] for e in events if e["log_level"] == LogLevel.warn}
+    assert warned == {str(stdout), str(stderr)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,32 @@ def test_user_add_list_passwd_remove(
     assert main(["user", "remove", "alice", "-d", data]) == 1
     assert main(["user", "add", "Bad Name", "-d", data]) == 1
     assert "invalid user name" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_root_keeps_the_daemons_files_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cmdd user add|passwd|remove` and `cmdd journal compact` run as root
+    against a daemon running as another user leave the users file and the
+    journal owned by that user (mode 0600), so the daemon can still read and
+    rewrite them."""
+    daemon_uid = daemon_gid = 65534
+    data = str(tmp_path)
+    users = tmp_path / "users"
+    users.write_text("# cmdd users\n")
+    os.chown(users, daemon_uid, daemon_gid)
+    users.chmod(0o600)
+    for argv in (["user", "add", "alice"], ["user", "passwd", "alice"],
+                 ["user", "remove", "alice"]):
+        assert main([*argv, "-d", data]) == 0, capsys.readouterr().err
+        info = users.stat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (
+            daemon_uid, daemon_gid, 0o600
+        ), argv
+    path = journal(tmp_path)
+    os.chown(path, daemon_uid, daemon_gid)
+    path.chmod(0o600)
+    assert main(["journal", "compact", "-d", data]) == 0
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (daemon_uid, daemon_gid, 0o600)

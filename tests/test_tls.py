@@ -138,7 +138,8 @@ def test_old_tls_versions_are_refused(daemon: TLSDaemon) -> None:
 
 
 def test_openssl_s_client_sees_no_tls_1_1(daemon: TLSDaemon) -> None:
-    """openssl s_client: -tls1_1 fails, -tls1_2 negotiates a modern cipher."""
+    """openssl s_client: -tls1_1 fails, -tls1_2 negotiates a modern cipher and
+    is refused when it offers only a CBC suite."""
     ca = daemon.tmp / "ca.pem"
     daemon.ca.cert_pem.write_to_path(str(ca))
     base = ["openssl", "s_client", "-connect", f"127.0.0.1:{daemon.port}", "-CAfile", str(ca),
@@ -154,6 +155,9 @@ def test_openssl_s_client_sees_no_tls_1_1(daemon: TLSDaemon) -> None:
     assert "Compression: NONE" in out
     cipher = next(line for line in out.splitlines() if "Cipher is" in line)
     assert "GCM" in cipher or "CHACHA20" in cipher, cipher
+    cbc = subprocess.run([*base, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"],
+                         input=b"", capture_output=True, timeout=20)
+    assert cbc.returncode != 0, "a CBC suite must not be agreed"
 
 
 def test_certificate_reload_on_sighup(daemon: TLSDaemon) -> None:
@@ -201,3 +205,85 @@ def test_mutual_tls(tmp_path: Path) -> None:
     finally:
         daemon.stop()
     assert os.path.exists(tmp_path / "data" / "users")
+
+
+def _tls12_handshake(port: int, ca: trustme.CA, ciphers: str) -> str:
+    """Connect offering only C{ciphers} over TLS 1.2; the suite agreed, or the error."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    # SECLEVEL=0: this client really offers what it is told to, weak or not.
+    context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            cipher = tls.cipher()
+            assert cipher is not None
+            return cipher[0]
+    except (ssl.SSLError, ConnectionError) as e:
+        return f"refused: {e}"
+
+
+@pytest.mark.parametrize(
+    ("key_type", "accepted", "refused"),
+    [
+        (
+            "RSA",
+            ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+             "ECDHE-RSA-CHACHA20-POLY1305"],
+            ["ECDHE-RSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA384", "ECDHE-RSA-AES128-SHA",
+             "AES128-SHA", "AES128-GCM-SHA256", "AES256-SHA256"],
+        ),
+        (
+            "ECDSA",
+            ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+             "ECDHE-ECDSA-CHACHA20-POLY1305"],
+            ["ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA", "ECDHE-ECDSA-AES128-CCM",
+             "ECDHE-ECDSA-AES256-CCM8"],
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_tls12_offers_only_ecdhe_with_aead(
+    tmp_path: Path, key_type: str, accepted: list[str], refused: list[str]
+) -> None:
+    """Over TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305 is agreed (as
+    README says): a client offering only a CBC suite (LUCKY13), a CCM suite or
+    static-RSA key exchange fails the handshake. A real listener on a free port."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.threads import deferToThread
+
+    from cmdd.tls import ReloadableTLS
+
+    ca = trustme.CA(key_type=trustme.KeyType[key_type])
+    leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType[key_type])
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    tls = ReloadableTLS(str(tmp_path / "key.pem"), str(tmp_path / "cert.pem"))
+    port = reactor.listenSSL(  # type: ignore[attr-defined]
+        0, Factory.forProtocol(Protocol), tls, interface="127.0.0.1"
+    )
+    try:
+        number = port.getHost().port
+        agreed = {c: await deferToThread(_tls12_handshake, number, ca, c) for c in accepted}
+        denied = {c: await deferToThread(_tls12_handshake, number, ca, c) for c in refused}
+    finally:
+        await port.stopListening()
+    assert agreed == {c: c for c in accepted}
+    assert all(outcome.startswith("refused") for outcome in denied.values()), denied
+
+
+def test_the_offered_suites_are_tls13_defaults_and_the_tls12_list() -> None:
+    """The server's whole list: OpenSSL's TLS 1.3 suites (all AEAD), then
+    exactly the six ECDHE AEAD suites of TLS 1.2."""
+    from cmdd.tls import TLS12_CIPHERS, ReloadableTLS
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    with leaf.private_key_pem.tempfile() as key, leaf.cert_chain_pems[0].tempfile() as cert:
+        tls = ReloadableTLS(key, cert)
+    offered = tls.serverConnectionForTLS(None).get_cipher_list()
+    tls13 = [name for name in offered if name.startswith("TLS_")]
+    assert tls13 and all("GCM" in name or "CHACHA20" in name for name in tls13)
+    assert offered[len(tls13):] == TLS12_CIPHERS.split(":")
