@@ -33,9 +33,6 @@ T = TypeVar("T")
 
 STREAMS = ("stdout", "stderr")
 
-#: Bytes of each stream's beginning kept in memory.
-HEAD_BYTES = 512
-
 #: Unwritten bytes per stream above which the child's pipes stop being read
 #: (the kernel then blocks the child), until the I/O thread catches up.
 HIGH_WATER = 1024 * 1024
@@ -202,8 +199,6 @@ class OutputSpool:
         self._resume: Callable[[], None] = _nothing
         self.total = 0
         self.kept = 0
-        #: The first bytes, kept in memory for a cheap look (exec errors).
-        self.head = b""
         #: Called after each write reaches the file (live followers listen).
         self.on_flushed: Callable[[], None] = _nothing
         self._pending: list[bytes] = []
@@ -227,8 +222,6 @@ class OutputSpool:
 
     def write(self, data: bytes) -> None:
         """Take a chunk from the child."""
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
         self.total += len(data)
         room = self._cap - self.kept
         if room <= 0 or self.failed:
