@@ -3,10 +3,12 @@
 The daemon never spawns a job itself. It starts this program once (as root
 when it runs as root, inside a bubblewrap sandbox when one is available)
 and sends it one message per job over a Unix socket, with the job's three
-pipe ends attached (SCM_RIGHTS). The spawner forks the job with the job's
-own identity, session, working directory, umask and environment, so none of
-that ever touches the daemon's process-wide state, and the client's
-environment applies only to the final exec, after the identity switch.
+pipe ends attached (SCM_RIGHTS). The spawner forks the job (a plain
+C{os.fork}: this process is small, so that is cheap, and its exec runs in the
+child on another core) with the job's own identity, session, working
+directory, umask and environment, so none of that ever touches the daemon's
+process-wide state, and the client's environment applies only to the final
+exec, after the identity switch.
 
 Every job's first process is made a child subreaper, so whatever it leaves
 behind while it runs stays below it; once it exits, its leftovers are
@@ -37,9 +39,7 @@ import os
 import selectors
 import signal
 import socket
-import stat
 import struct
-import subprocess
 import sys
 from typing import Any
 
@@ -49,6 +49,10 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_FRAME = 16 * 1024 * 1024
 _MAX_FDS = 3
+#: Signals the daemon sends jobs; the spawner itself only notes them.
+_JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: Descriptors above this are not expected; closerange is one syscall anyway.
+_MAX_FD = 1 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -60,13 +64,25 @@ def _prctl(option: int, value: int) -> None:
 
 
 class Spawner:
-    """The spawner's state: live jobs by id and pid, and the control socket."""
+    """The spawner's state: live jobs by id and pid, and the control socket.
 
-    def __init__(self, control: socket.socket, allow_root: bool) -> None:
+    A job is forked at once and its exec finishes in the child, on another
+    core; the child reports a failure before exec through a close-on-exec
+    pipe, whose silent end means the exec worked. Answers for one job always
+    come in order: C{started} or C{refused}, then C{exited}.
+    """
+
+    def __init__(
+        self, control: socket.socket, selector: selectors.BaseSelector, allow_root: bool
+    ) -> None:
         self.control = control
+        self.selector = selector
         self.allow_root = allow_root
-        self.jobs: dict[int, subprocess.Popen[bytes]] = {}
+        #: Live jobs: id -> pid of the job's first process (its group leader).
+        self.jobs: dict[int, int] = {}
         self.job_of_pid: dict[int, int] = {}
+        #: Forked jobs whose exec has not reported yet: id -> (pipe, request).
+        self.execing: dict[int, tuple[int, dict[str, Any]]] = {}
         self._inbox = bytearray()
         self._fds: list[int] = []
 
@@ -81,7 +97,7 @@ class Spawner:
         """Read what the daemon sent; handle complete frames. False at EOF."""
         fds = array.array("i")
         data, ancillary, _, _ = self.control.recvmsg(
-            65536, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize)
+            65536, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
         )
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -116,9 +132,8 @@ class Spawner:
     # --- jobs --------------------------------------------------------------
 
     def spawn(self, request: dict[str, Any], fds: list[int]) -> None:
-        """Start one job; answer C{started} or C{refused}."""
+        """Fork one job; its exec report comes later (L{exec_reported})."""
         job_id = int(request["job"])
-        argv: list[str] = request["argv"]
         uid = request.get("uid")
         if len(fds) != _MAX_FDS:
             self.send({"op": "refused", "job": job_id, "error": "the job's pipes were lost"})
@@ -126,47 +141,50 @@ class Spawner:
         if uid == 0 and os.geteuid() == 0 and not self.allow_root:
             self.send({"op": "refused", "job": job_id, "error": "jobs may not run as root"})
             return
-        cwd = request["cwd"]
-        error = _directory_error(cwd)
-        if error is not None:
-            self.send({"op": "refused", "job": job_id, "error": error})
-            return
-        switch = uid is not None and uid != os.geteuid()
+        report_read, report_write = os.pipe2(os.O_CLOEXEC)
+        # Blocked across the fork: a cancel that reaches the child before it
+        # has reset our no-op handlers stays pending until it has.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; it only ever execs or exits
+            os.close(report_read)
+            _become_job(request, fds, report_write, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(report_write)
+        self.jobs[job_id] = pid
+        self.job_of_pid[pid] = job_id
+        self.execing[job_id] = (report_read, request)
+        self.selector.register(report_read, selectors.EVENT_READ, job_id)
+
+    def exec_reported(self, job_id: int) -> None:
+        """The job's exec report pipe is readable: it execed, or says why not."""
+        report, request = self.execing.pop(job_id)
+        self.selector.unregister(report)
         try:
-            process = subprocess.Popen(
-                argv,
-                stdin=fds[0],
-                stdout=fds[1],
-                stderr=fds[2],
-                env=request["env"],
-                umask=int(request["umask"]),
-                start_new_session=True,
-                close_fds=True,
-                user=uid if switch else None,
-                group=request.get("gid") if switch else None,
-                extra_groups=request.get("groups") if switch else None,
-                preexec_fn=_enter_job(cwd),
-            )
-        except subprocess.SubprocessError:
-            error = f"working directory {cwd}: Permission denied"
-        except OSError as e:
-            error = _exec_error(argv[0], request["env"], e)
-        else:
-            self.jobs[job_id] = process
-            self.job_of_pid[process.pid] = job_id
-            self.send({"op": "started", "job": job_id, "pid": process.pid})
+            why = os.read(report, 256).decode("ascii", "replace")
+        finally:
+            os.close(report)
+        pid = self.jobs[job_id]
+        if not why:
+            self.send({"op": "started", "job": job_id, "pid": pid})
             return
-        self.send({"op": "refused", "job": job_id, "error": error})
+        # The child exits at once; reap() forgets it without an "exited".
+        del self.jobs[job_id]
+        self.send({"op": "refused", "job": job_id, "error": _refusal(why, request)})
 
     def signal(self, job_id: int, signum: int) -> None:
         """Signal a live job's process group (its first process leads it)."""
-        process = self.jobs.get(job_id)
-        if process is None:
+        pid = self.jobs.get(job_id)
+        if pid is None:
             return  # already reaped: its pid may belong to someone else now
         try:
-            os.killpg(process.pid, signum)
+            os.killpg(pid, signum)
         except ProcessLookupError:
-            pass
+            # Forked but not yet a group leader: the process alone is the job.
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def reap(self) -> None:
         """Collect every ended child; report jobs; kill what jobs left behind."""
@@ -182,8 +200,10 @@ class Spawner:
             job_id = self.job_of_pid.pop(pid, None)
             if job_id is None:
                 continue  # a leftover of an ended job
-            process = self.jobs.pop(job_id)
-            process.returncode = os.waitstatus_to_exitcode(status)
+            if job_id in self.execing:
+                self.exec_reported(job_id)  # its pipe is closed: read it first
+            if self.jobs.pop(job_id, None) is None:
+                continue  # refused before exec: already answered
             code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
             signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
             self.send({"op": "exited", "job": job_id, "code": code, "signal": signum})
@@ -205,9 +225,9 @@ class Spawner:
 
     def kill_everything(self) -> None:
         """The daemon went away: end every job and everything they started."""
-        for process in self.jobs.values():
+        for pid in self.jobs.values():
             try:
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for pid in _children():
@@ -217,42 +237,80 @@ class Spawner:
                 pass
 
 
-def _enter_job(cwd: str) -> Any:
-    """What runs in the job's child after the identity switch, before exec."""
+def _become_job(
+    request: dict[str, Any], fds: list[int], report: int, mask: set[int | signal.Signals]
+) -> None:
+    """In the forked child: take on the job's identity and exec it. Never returns.
 
-    def enter() -> None:
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        # Set after the identity switch, which would clear it.
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        # Entered again as the job's own user: permission is checked for it.
-        os.chdir(cwd)
-
-    return enter
-
-
-def _directory_error(cwd: str) -> str | None:
+    Order matters: a new session first; the subreaper bit and the parent-death
+    signal after the identity switch (which clears the latter); the working
+    directory as the job's user, so its permissions are checked for it; the
+    client's environment only in the exec, after everything that runs as the
+    spawner's user.
+    """
+    step = "setup"
     try:
-        mode = os.stat(cwd).st_mode
+        # Our no-op handlers would swallow a cancel that arrives before exec.
+        for signum in (*_JOB_SIGNALS, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.setsid()
+        uid = request.get("uid")
+        if uid is not None and uid != os.geteuid():
+            os.setgroups(request.get("groups") or [])
+            os.setresgid(request["gid"], request["gid"], request["gid"])
+            os.setresuid(uid, uid, uid)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        step = "chdir"
+        os.chdir(request["cwd"])
+        os.umask(int(request["umask"]))
+        step = "setup"
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target, inheritable=True)
+        # Python ignores these at start-up; an ignored signal survives exec.
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.closerange(3, report)
+        os.closerange(report + 1, _MAX_FD)
+        step = "exec"
+        # The argv form is the point: the client names the program.
+        os.execvpe(request["argv"][0], request["argv"], request["env"])  # noqa: S606
     except OSError as e:
-        return f"working directory {cwd}: {e.strerror}"
-    if not stat.S_ISDIR(mode):
-        return f"working directory {cwd}: Not a directory"
-    return None
+        os.write(report, f"{step}:{e.errno or 0}".encode())
+    except BaseException:  # nothing may escape a forked child
+        os.write(report, b"setup:0")
+    os._exit(127)
 
 
-def _exec_error(program: str, env: dict[str, str], e: OSError) -> str:
-    if e.errno == errno.ENOENT:
-        found = program if "/" in program else None
-        if found is None:
-            for directory in env.get("PATH", os.defpath).split(":"):
-                candidate = os.path.join(directory or ".", program)
-                if os.path.exists(candidate):
-                    found = candidate
-                    break
-        if found is not None and os.path.exists(found):
+def _refusal(why: str, request: dict[str, Any]) -> str:
+    """The reason a job could not start, from its child's report."""
+    step, _, number = why.partition(":")
+    code = int(number) if number.isdigit() else 0
+    reason = os.strerror(code) if code else "failed"
+    program = request["argv"][0]
+    if step == "chdir":
+        return f"working directory {request['cwd']}: {reason}"
+    if step == "exec" and code == errno.ENOENT:
+        found = _on_path(program, request["env"])
+        if found is not None:
             return f"{found}: its interpreter was not found"
         return f"{program}: executable not found"
-    return f"{program}: {e.strerror}"
+    if step == "exec":
+        return f"{program}: {reason}"
+    return f"the job could not be set up: {reason}"
+
+
+def _on_path(program: str, env: dict[str, str]) -> str | None:
+    """The file exec would have found for C{program}, if one exists."""
+    if "/" in program:
+        return program if os.path.exists(program) else None
+    for directory in env.get("PATH", os.defpath).split(":"):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.exists(candidate):
+            return candidate
+    return None
 
 
 def _children_listing() -> str:
@@ -284,16 +342,17 @@ def main(argv: list[str]) -> int:
         # Start-up check of the daemon: we could start, and can see our children.
         _children_listing()
         return 0
+    os.set_inheritable(CONTROL_FD, False)
     control = socket.socket(fileno=CONTROL_FD)
     control.setblocking(True)
-    spawner = Spawner(control, allow_root)
+    selector = selectors.DefaultSelector()
+    spawner = Spawner(control, selector, allow_root)
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write)
     # Handlers, not SIG_IGN: an ignored signal would stay ignored in every job,
     # while a handler is reset by exec. The daemon, not a signal, stops us.
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGCHLD, *_JOB_SIGNALS):
         signal.signal(signum, lambda *_: None)
-    selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_read, selectors.EVENT_READ, "child")
     try:
@@ -304,13 +363,15 @@ def main(argv: list[str]) -> int:
             for key, _ in ready:
                 if key.data == "control" and not spawner.receive():
                     return 0
-                if key.data == "child":
+                elif key.data == "child":
                     try:
                         while os.read(wake_read, 4096):
                             pass
                     except BlockingIOError:
                         pass
                     spawner.reap()
+                elif key.data in spawner.execing:
+                    spawner.exec_reported(key.data)
     except (BrokenPipeError, ConnectionResetError):
         return 0
     finally:
