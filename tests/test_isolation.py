@@ -8,6 +8,9 @@ every attempt failed and the daemon is unharmed.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
 import pwd
 import secrets
@@ -105,10 +108,63 @@ def test_a_root_daemons_jobs_cannot_reach_it(tmp_path: Path, sandbox: str) -> No
     daemon = Daemon(tmp_path / "data", extra_args=["--job-sandbox", sandbox])
     try:
         daemon.start()
+        daemon.token = user_token(daemon, "mallory")
         assert attack(daemon) == []
         unharmed(daemon)
     finally:
         daemon.stop()
+
+
+def user_token(daemon: Daemon, name: str) -> str:
+    """A bearer token of a new user-role account (made the way README says)."""
+    password = secrets.token_urlsafe(16)
+    subprocess.run(
+        [str(Path(TWISTD).with_name("cmdd")), "user", "add", name, "--password-stdin",
+         "--data-dir", str(daemon.data_dir)],
+        input=password.encode(), check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    basic = base64.b64encode(f"{name}:{password}".encode()).decode()
+    deadline = time.monotonic() + 10
+    while True:  # the daemon picks up the users file within 2 s
+        connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+        connection.request(
+            "POST", "/api/tokens", body=b"{}",
+            headers={"Authorization": f"Basic {basic}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        connection.close()
+        if response.status == 201:
+            return str(body["token"])
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def test_an_unprivileged_daemon_without_a_sandbox_says_so(unix_user: pwd.struct_passwd) -> None:
+    """Without root and without bubblewrap, the start-up log says loudly that
+    jobs are not isolated."""
+    top = Path(tempfile.mkdtemp(prefix="cmdd-unpriv-"))
+    try:
+        os.chown(top, unix_user.pw_uid, unix_user.pw_gid)
+        daemon = Daemon(
+            top / "data", extra_args=["--job-sandbox", "off"], prefix=_as(unix_user), cwd=top
+        )
+        try:
+            daemon.start()
+        finally:
+            daemon.stop()
+        log = (top / "daemon.log").read_text()
+        assert "JOBS ARE NOT ISOLATED" in log
+        assert "jobs run as " + unix_user.pw_name + " (the daemon's own user), without" in log
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _as(account: pwd.struct_passwd) -> list[str]:
+    return [
+        "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+        "--clear-groups", "--",
+    ]  # fmt: skip
 
 
 @needs_bwrap
@@ -119,10 +175,7 @@ def test_an_unprivileged_daemons_jobs_cannot_reach_it(unix_user: pwd.struct_pass
     top = Path(tempfile.mkdtemp(prefix="cmdd-unpriv-"))
     try:
         os.chown(top, unix_user.pw_uid, unix_user.pw_gid)
-        prefix = [
-            "setpriv", f"--reuid={unix_user.pw_uid}", f"--regid={unix_user.pw_gid}",
-            "--clear-groups", "--",
-        ]  # fmt: skip
+        prefix = _as(unix_user)
         probe = subprocess.run(
             [*prefix, TWISTD, "--help"], capture_output=True, check=False, cwd=top
         )
