@@ -155,6 +155,22 @@ def test_brute_force_is_throttled_then_forgiven(client: Client) -> None:
     assert code == 201
 
 
+def test_throttled_answers_have_standard_reason_phrases(tmp_path: Path) -> None:
+    """429 and 503 status lines carry "Too Many Requests" and "Service
+    Unavailable", not "Unknown Status"."""
+    client = Client(tmp_path, max_running=1, max_queued=1)
+    codes = [client.request("POST", "/api/jobs", {"command": "true"})[0] for _ in range(3)]
+    assert codes[0].code == 202 and codes[-1].code == 503
+    assert codes[-1].phrase == b"Service Unavailable"
+    client.add_user("alice", password="right")
+    client.token = None
+    for _ in range(20):
+        response, _ = client.request("POST", "/api/tokens", raw=b"", headers=basic("alice", "x"))
+        if response.code == 429:
+            break
+    assert (response.code, response.phrase) == (429, b"Too Many Requests")
+
+
 def test_users_see_only_their_own_jobs(client: Client) -> None:
     """Each user lists and reads only their jobs (others' ids are 404); the admin
     sees all and can filter by owner; cancel and delete are audited."""
