@@ -3,14 +3,14 @@
 Every request but C{GET /healthz} passes L{AuthGate} before it reaches a
 route, so a route added later cannot forget to check: the gate, not each
 handler, decides. Bearer tokens work everywhere; HTTP Basic (user and
-password) only where a token is made, C{POST /api/tokens}.
+password) only where a token is made, C{POST /api/tokens}. Password checks
+are throttled per (user, address) (L{cmdd.throttle}); tokens are not.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +28,8 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import Attribute, Interface, implementer
 
 from cmdd.errors import ClientError
+from cmdd.throttle import FailureThrottle as FailureThrottle
+from cmdd.throttle import retry_after, throttle_key
 from cmdd.tls import peer_common_name
 from cmdd.tokens import TokenBook
 from cmdd.users import User, verify_password
@@ -153,54 +155,6 @@ def make_portal(
     )
 
 
-class FailureThrottle:
-    """Slows down guessing: too many failures from one address answer 429.
-
-    Per address, failures in the last C{window} seconds are counted; at
-    C{max_failures} the address must wait until the oldest one ages out.
-    Other addresses are unaffected. At most C{max_tracked} addresses are
-    remembered (the least recently failing are forgotten first).
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        max_failures: int = 10,
-        window: float = 60.0,
-        max_tracked: int = 10_000,
-    ) -> None:
-        self._clock = clock
-        self.max_failures = max_failures
-        self.window = window
-        self._max_tracked = max_tracked
-        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict()
-        )
-
-    def retry_after(self, address: str) -> float | None:
-        """Seconds this address must wait, or C{None} if it may try now."""
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        now = self._clock.seconds()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return None
-        if len(failures) < self.max_failures:
-            return None
-        return failures[0] + self.window - now
-
-    def failed(self, address: str) -> None:
-        """Count a failed attempt from this address."""
-        failures = self._failures.pop(address, None) or collections.deque()
-        failures.append(self._clock.seconds())
-        self._failures[address] = failures
-        while len(self._failures) > self._max_tracked:
-            self._failures.popitem(last=False)
-
-
 @attrs.frozen
 class RunAsPolicy:
     """Which cmdd user may run jobs as which Unix users (an allow-list).
@@ -301,15 +255,6 @@ class AuthGate(Resource):
         return NOT_DONE_YET
 
     async def _authenticate(self, request: IRequest) -> Principal:
-        address = _address(request)
-        wait = self._throttle.retry_after(address)
-        if wait is not None:
-            raise ClientError(
-                "TOO_MANY_FAILURES",
-                "too many failed logins from your address; try again later",
-                status=429,
-                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-            )
         header = request.getHeader("authorization")
         if not header and self._client_certificates:
             # Mutual TLS: the handshake verified the certificate against the
@@ -320,13 +265,38 @@ class AuthGate(Resource):
                 return Principal(user.name, user.role)
         basic_allowed = (request.method, request.path) in BASIC_PATHS
         credentials = parse_authorization(header, basic_allowed)
+        if IUsernamePassword.providedBy(credentials):
+            return await self._password_login(credentials, _address(request))
         try:
             _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
         except UnauthorizedLogin:
-            self._throttle.failed(address)
-            if IUsernamePassword.providedBy(credentials):
-                raise _unauthorized("wrong user name or password", "Basic") from None
+            # Not throttled: a token cannot be guessed, and counting bad ones
+            # per address would let one stale client lock out its neighbours.
             raise _unauthorized("invalid, expired or revoked token") from None
+        assert isinstance(principal, Principal)
+        return principal
+
+    async def _password_login(self, credentials: Any, address: str) -> Principal:
+        """Check a password, throttled per (user, address); the attempt is
+        counted from before the (threaded) check until its verdict."""
+        key = throttle_key(credentials.username.decode("utf-8", "replace"), address)
+        wait = self._throttle.begin(key)
+        if wait is not None:
+            raise ClientError(
+                "TOO_MANY_FAILURES",
+                "too many failed logins for this user from your address; try again later",
+                status=429,
+                headers={"Retry-After": retry_after(wait)},
+            )
+        try:
+            _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
+        except UnauthorizedLogin:
+            self._throttle.failed(key)
+            raise _unauthorized("wrong user name or password", "Basic") from None
+        except BaseException:
+            self._throttle.abandoned(key)
+            raise
+        self._throttle.succeeded(key)
         assert isinstance(principal, Principal)
         return principal
 

@@ -146,7 +146,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "body too large",
         415: "body is not JSON",
         416: "range not satisfiable",
-        429: "too many failed logins",
+        429: "too many failed logins for this user from this address (Retry-After)",
         503: "queue full or stopping",
     }
     return {str(code): _json(ERROR, described[code]) for code in (401, *codes)}

@@ -26,7 +26,8 @@ JSON = {"Content-Type": "application/json"}
 class Client:
     """A cmdd API served in memory, with a fake clock and fake processes."""
 
-    def __init__(self, tmp_path: Path, **limits: Any) -> None:
+    def __init__(self, tmp_path: Path, blocking: Any = None, **limits: Any) -> None:
+        """@param blocking: runs password checks (default: at once, inline)."""
         from treq.testing import StubTreq
 
         self.clock = Clock()
@@ -41,9 +42,11 @@ class Client:
         self.accounts = Accounts(str(tmp_path), self.clock, io.run)
         self.accounts.load()
         self.admin_token = (tmp_path / "admin.token").read_text().strip()
-        self.token = self.admin_token
+        self.token: str | None = self.admin_token
         self.api = CmddAPI(self.manager, io.run, self.accounts)
-        portal = make_portal(self.accounts.users, self.accounts.book_view, self.clock, io.run)
+        portal = make_portal(
+            self.accounts.users, self.accounts.book_view, self.clock, blocking or io.run
+        )
         self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(self.clock))
         self.treq = StubTreq(self.gate)
         # Serve through cmdd's own request class, as the daemon does.

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import ManualThreads
 from test_api import JSON, Client
 
 from cmdd.accounts import Accounts
@@ -138,21 +139,31 @@ def test_wrong_password_is_401_basic(client: Client) -> None:
     assert headers.getRawHeaders("www-authenticate") == ['Basic realm="cmdd"']
 
 
-def test_brute_force_is_throttled_then_forgiven(client: Client) -> None:
-    """Ten failures in a minute from one address get 429 + Retry-After, even for
-    the right password; after the window the right password works again."""
-    client.add_user("alice", password="right")
+def token_request(client: Client, name: str, password: str) -> tuple[int, Any, Any]:
+    """POST /api/tokens with HTTP Basic (and no bearer token)."""
     client.token = None
-    for _ in range(10):
-        code, _, _ = client.json("POST", "/api/tokens", raw=b"", headers=basic("alice", "x"))
-        assert code == 401
-    code, body, headers = client.json("POST", "/api/tokens", raw=b"",
-                                      headers=basic("alice", "right"))
+    return client.json("POST", "/api/tokens", raw=b"", headers=basic(name, password))
+
+
+def test_password_guessing_backs_off_then_is_forgiven(client: Client) -> None:
+    """Five wrong passwords for a user cost nothing; then each further try waits
+    1, 2, 4 ... seconds (429 + Retry-After, even for the right password); after
+    the wait the right password works and clears the count."""
+    client.add_user("alice", password="right")
+    for _ in range(5):
+        assert token_request(client, "alice", "x")[0] == 401
+    code, body, headers = token_request(client, "alice", "right")
     assert code == 429 and body["error"]["code"] == "TOO_MANY_FAILURES"
-    assert 1 <= int(headers.getRawHeaders("retry-after")[0]) <= 60
-    client.clock.advance(61)
-    code, _, _ = client.json("POST", "/api/tokens", raw=b"", headers=basic("alice", "right"))
-    assert code == 201
+    assert headers.getRawHeaders("retry-after") == ["1"]
+    for delay in (1, 2, 4, 8):
+        client.clock.advance(delay)
+        assert token_request(client, "alice", "x")[0] == 401, "one try after each wait"
+        code, _, headers = token_request(client, "alice", "x")
+        assert code == 429 and headers.getRawHeaders("retry-after") == [str(2 * delay)]
+    client.clock.advance(16)
+    assert token_request(client, "alice", "right")[0] == 201
+    for _ in range(5):
+        assert token_request(client, "alice", "x")[0] == 401, "a success cleared the count"
 
 
 def test_throttled_answers_have_standard_reason_phrases(tmp_path: Path) -> None:
@@ -169,6 +180,57 @@ def test_throttled_answers_have_standard_reason_phrases(tmp_path: Path) -> None:
         if response.code == 429:
             break
     assert (response.code, response.phrase) == (429, b"Too Many Requests")
+
+
+def test_bad_tokens_never_lock_out_valid_tokens_or_passwords(client: Client) -> None:
+    """However many bad bearer tokens come from an address, they stay 401 and a
+    valid token or a right password from the same address still works."""
+    client.add_user("bob", password="pw-bob")
+    for i in range(30):
+        code, _, _ = client.json(
+            "GET", "/api/jobs", headers={"Authorization": f"Bearer cmdd_guess_{i}"}
+        )
+        assert code == 401
+    client.token = client.admin_token
+    assert client.json("GET", "/api/jobs")[0] == 200
+    assert token_request(client, "bob", "pw-bob")[0] == 201
+
+
+def test_one_users_failures_do_not_lock_out_others(client: Client) -> None:
+    """A client hammering alice's account from an address gets 429 for alice
+    only: bob's right password and every valid token from that address work."""
+    client.add_user("alice", password="right")
+    client.add_user("bob", password="pw-bob")
+    codes = [token_request(client, "alice", "wrong")[0] for _ in range(20)]
+    assert codes.count(401) == 5 and codes.count(429) == 15
+    assert token_request(client, "bob", "pw-bob")[0] == 201
+    client.token = client.admin_token
+    assert client.json("GET", "/api/jobs")[0] == 200
+    assert token_request(client, "nobody", "guess")[0] == 401, "unknown names count apart"
+
+
+def test_parallel_password_guesses_are_counted_while_in_flight(tmp_path: Path) -> None:
+    """200 password guesses sent at once cannot all be checked: attempts are
+    counted from before the (threaded) scrypt check, so at most five run and
+    the rest get 429 at once."""
+    threads = ManualThreads()
+    client = Client(tmp_path, blocking=threads.run, max_running=4, max_queued=100)
+    client.add_user("alice", password="right")
+    responses: list[Any] = []
+    for i in range(201):
+        password = "right" if i == 100 else f"guess-{i}"
+        d = client.treq.request(
+            "POST", "http://cmdd.test/api/tokens", data=b"", headers=basic("alice", password)
+        )
+        d.addCallback(responses.append)
+    client.treq.flush()
+    checked = threads.run_all()
+    client.treq.flush()
+    codes = [response.code for response in responses]
+    assert len(codes) == 201
+    assert checked <= 5 and codes.count(401) + codes.count(201) == checked
+    assert codes.count(429) == 201 - checked
+    assert codes.count(201) == 0, "the right password was not among the first five"
 
 
 def test_users_see_only_their_own_jobs(client: Client) -> None:
