@@ -88,17 +88,22 @@ Blocking = Callable[..., Deferred[Any]]
 
 @implementer(ICredentialsChecker)
 class TokenChecker:
-    """Checks bearer tokens against the token book."""
+    """Checks bearer tokens against the token book and their owners."""
 
     credentialInterfaces = (IBearerToken,)
 
-    def __init__(self, book: Callable[[], TokenBook], clock: IReactorTime) -> None:
+    def __init__(self, book: Callable[[], TokenBook], clock: IReactorTime, users: Users) -> None:
         self._book = book
         self._clock = clock
+        self._users = users
 
     def requestAvatarId(self, credentials: IBearerToken) -> Deferred[Any]:
         token = self._book().check(credentials.token, self._clock.seconds())
         if token is None:
+            return fail(UnauthorizedLogin("invalid, expired or revoked token"))
+        owner = self._users().get(token.owner)
+        if owner is None or owner.generation != token.generation:
+            # The owner was removed (and perhaps added again): not its token.
             return fail(UnauthorizedLogin("invalid, expired or revoked token"))
         return succeed(token.owner)
 
@@ -151,7 +156,8 @@ def make_portal(
 ) -> Portal:
     """The portal with both checkers."""
     return Portal(
-        CmddRealm(users), [TokenChecker(book, clock), PasswordChecker(users, run_blocking)]
+        CmddRealm(users),
+        [TokenChecker(book, clock, users), PasswordChecker(users, run_blocking)],
     )
 
 

@@ -5,6 +5,10 @@ checked against its hash with a constant-time compare. A fast hash is right
 here: the secret has 256 bits of entropy, so there is nothing to brute-force,
 unlike a password.
 
+A token is bound to its owner's I{generation} (see L{cmdd.users}): once the
+owner is removed, or removed and added again, the token is dead. Records
+written before generations existed load without one.
+
 Pure apart from the file format helpers; the daemon saves on a thread.
 """
 
@@ -15,7 +19,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -34,6 +38,8 @@ class Token:
     created: float
     expires: float
     description: str = ""
+    #: The owner's generation when the token was issued (C{None}: older records).
+    generation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in the tokens file."""
@@ -54,11 +60,23 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def issue(owner: str, now: float, lifetime: float, description: str = "") -> tuple[Token, str]:
-    """A new token for C{owner}: its record and the string to hand out once."""
+def issue(
+    owner: str,
+    now: float,
+    lifetime: float,
+    description: str = "",
+    *,
+    generation: str | None = None,
+) -> tuple[Token, str]:
+    """A new token for C{owner}: its record and the string to hand out once.
+
+    @param generation: the owner's current generation (the token dies with it).
+    """
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)  # 256 bits
-    token = Token(token_id, owner, _digest(secret), now, now + lifetime, description)
+    token = Token(
+        token_id, owner, _digest(secret), now, now + lifetime, description, generation
+    )
     return token, f"cmdd_{token_id}_{secret}"
 
 
@@ -82,6 +100,21 @@ class TokenBook:
     def revoke(self, token_id: str) -> Token | None:
         """Forget a token at once; returns it if it existed."""
         return self._tokens.pop(token_id, None)
+
+    def drop_unowned(self, generations: Mapping[str, str | None]) -> int:
+        """Forget the tokens whose owner is gone or is another generation now.
+
+        @param generations: each current user's name and generation.
+        @return: how many tokens were dropped.
+        """
+        dead = [
+            t.id
+            for t in self._tokens.values()
+            if t.owner not in generations or generations[t.owner] != t.generation
+        ]
+        for token_id in dead:
+            del self._tokens[token_id]
+        return len(dead)
 
     def owned_by(self, owner: str) -> list[Token]:
         """An owner's tokens, oldest first."""
@@ -130,4 +163,7 @@ class TokenBook:
         document = json.loads(data)
         if not isinstance(document, dict) or document.get("version") != 1:
             raise ValueError("not a version 1 cmdd tokens file")
-        return cls(Token(**record) for record in document["tokens"])
+        try:
+            return cls(Token(**record) for record in document["tokens"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"a token record is malformed: {e}") from None

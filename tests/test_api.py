@@ -17,7 +17,7 @@ from cmdd.history import History, MemoryLog
 from cmdd.manager import JobManager, Limits
 from cmdd.store import JobStore
 from cmdd.tokens import issue
-from cmdd.users import User, hash_password, write_users
+from cmdd.users import hash_password, new_user, write_users
 from cmdd.web import make_site
 
 JSON = {"Content-Type": "application/json"}
@@ -56,10 +56,10 @@ class Client:
     def add_user(self, name: str, role: str = "user", password: str = "secret") -> str:
         """Create a user (cheap hash, for speed) and return a bearer token for it."""
         users = dict(self.accounts.users())
-        users[name] = User(name, role, hash_password(password, n=2**4))
+        user = users[name] = new_user(name, role, hash_password(password, n=2**4))
         write_users(self.accounts.users_path, users)
         self.accounts.reload_users()
-        token, secret = issue(name, self.clock.seconds(), 3600)
+        token, secret = issue(name, self.clock.seconds(), 3600, generation=user.generation)
         self.accounts.book.add(token)
         return secret
 

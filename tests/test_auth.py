@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import base64
 import hmac
+import io
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import ManualThreads
+from fakes import InlineIO, ManualThreads
 from test_api import JSON, Client
 
 from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
-from cmdd.auth import parse_authorization
+from cmdd.auth import BearerToken, IPrincipal, parse_authorization
+from cmdd.cli import main as cmdd_command
 from cmdd.errors import ClientError
 from cmdd.tokens import TokenBook, issue
-from cmdd.users import parse_users, verify_password
+from cmdd.users import parse_users, verify_password, write_users
 
 
 @pytest.fixture
@@ -279,8 +282,6 @@ def test_removed_user_tokens_stop_working(client: Client) -> None:
     assert client.json("GET", "/api/jobs")[0] == 200
     users = dict(client.accounts.users())
     del users["alice"]
-    from cmdd.users import write_users
-
     write_users(client.accounts.users_path, users)
     client.accounts.reload_users_if_changed()
     assert client.json("GET", "/api/jobs")[0] == 401
@@ -322,7 +323,6 @@ def test_tokens_are_stored_hashed_and_survive_restart(tmp_path: Path, client: Cl
 
 def test_first_start_creates_admin_and_token(tmp_path: Path) -> None:
     """A fresh data dir gets an admin user and a 0600 admin.token that works."""
-    from fakes import InlineIO
     from twisted.internet.task import Clock
 
     accounts = Accounts(str(tmp_path), Clock(), InlineIO().run)
@@ -355,3 +355,102 @@ def test_scrypt_hashes_verify() -> None:
     assert not verify_password("hunter3", encoded)
     assert not verify_password("hunter2", "md5$whatever")
     assert hash_password("x", n=2**4) != hash_password("x", n=2**4), "salted"
+
+
+# --- tokens die with their user ------------------------------------------------------
+
+
+def user_command(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, *args: str, password: str = "pw"
+) -> None:
+    """Run C{cmdd user ARGS --data-dir DATA_DIR} (the password on stdin)."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+    extra = ["--password-stdin"] if args[0] in ("add", "passwd") else []
+    assert cmdd_command(["user", *args, *extra, "--data-dir", str(data_dir)]) == 0
+
+
+def test_removed_then_readded_user_gets_none_of_the_old_tokens(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cmdd user remove alice` then `cmdd user add alice` (both before the
+    daemon's next look at the users file) does not bring alice's old tokens
+    back, and the tokens file no longer lists them."""
+    user_command(monkeypatch, tmp_path, "add", "alice", password="old")
+    client.accounts.reload_users()
+    code, created, _ = token_request(client, "alice", "old")
+    assert code == 201
+    user_command(monkeypatch, tmp_path, "remove", "alice")
+    user_command(monkeypatch, tmp_path, "add", "alice", password="new")
+    client.accounts.reload_users_if_changed()
+    client.token = created["token"]
+    assert client.json("GET", "/api/jobs")[0] == 401
+    assert created["id"] not in (tmp_path / "tokens.json").read_text()
+    assert token_request(client, "alice", "new")[0] == 201, "the new alice gets new tokens"
+
+
+def test_reload_drops_a_removed_users_tokens_from_the_file(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the daemon sees a user gone it forgets their tokens and rewrites
+    tokens.json without them (other users' tokens stay)."""
+    user_command(monkeypatch, tmp_path, "add", "alice")
+    client.accounts.reload_users()
+    _, created, _ = token_request(client, "alice", "pw")
+    assert created["id"] in (tmp_path / "tokens.json").read_text()
+    user_command(monkeypatch, tmp_path, "remove", "alice")
+    client.accounts.reload_users_if_changed()
+    stored = (tmp_path / "tokens.json").read_text()
+    assert created["id"] not in stored
+    assert client.accounts.book.get(created["id"]) is None
+    client.token = client.admin_token
+    assert client.json("GET", "/api/jobs")[0] == 200, "the admin's token is untouched"
+
+
+def test_readded_admin_does_not_revive_admin_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing and re-adding admin while the daemon is down kills the first
+    start's admin.token; the restart rewrites tokens.json without it."""
+    from twisted.internet.task import Clock
+
+    accounts = Accounts(str(tmp_path), Clock(), InlineIO().run)
+    accounts.load()
+    secret = (tmp_path / "admin.token").read_text().strip()
+    token_id = secret.split("_")[1]
+    user_command(monkeypatch, tmp_path, "remove", "admin")
+    user_command(monkeypatch, tmp_path, "add", "admin", "--role", "admin")
+    restarted = Accounts(str(tmp_path), Clock(), InlineIO().run)
+    restarted.load()
+    assert restarted.book.check(secret, 1.0) is None
+    assert token_id not in (tmp_path / "tokens.json").read_text()
+
+
+def test_files_from_before_generations_and_parents_still_load(tmp_path: Path) -> None:
+    """A users file of name:role:hash lines and a tokens file without
+    generation or parent fields load, and their tokens keep working."""
+    from twisted.internet.task import Clock
+
+    from cmdd.auth import make_portal
+    from cmdd.users import hash_password
+
+    token, secret = issue("alice", 0.0, 3600.0)
+    record = {k: v for k, v in token.to_json().items() if k not in ("generation", "parent")}
+    (tmp_path / "tokens.json").write_text(json.dumps({"version": 1, "tokens": [record]}))
+    (tmp_path / "users").write_text(f"alice:user:{hash_password('pw', n=2**4)}\n")
+    accounts = Accounts(str(tmp_path), Clock(), InlineIO().run)
+    accounts.load()
+    assert accounts.users()["alice"].role == "user"
+    portal = make_portal(accounts.users, accounts.book_view, Clock(), InlineIO().run)
+    results: list[Any] = []
+    portal.login(BearerToken(secret), None, IPrincipal).addCallback(results.append)
+    assert results and results[0][1].name == "alice"
+
+
+def test_a_token_of_another_generation_is_refused(client: Client) -> None:
+    """A token bound to an earlier alice fails against the current alice, even
+    while it is still in the token book."""
+    client.add_user("alice")
+    token, secret = issue("alice", client.clock.seconds(), 600, generation="0" * 16)
+    client.accounts.book.add(token)
+    client.token = secret
+    assert client.json("GET", "/api/jobs")[0] == 401

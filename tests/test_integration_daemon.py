@@ -546,6 +546,30 @@ def test_failed_logins_are_throttled_per_user_and_address(tmp_path: Path) -> Non
     assert after_burst == 200
 
 
+def test_removed_user_loses_its_tokens(daemon: Daemon) -> None:
+    """`cmdd user remove` revokes the user's tokens in the running daemon (and
+    in tokens.json), and adding the user again revives none."""
+    user_command(daemon.data_dir, "add", "dora", password="pw-dora")
+    issued = await_user(daemon, "dora", "pw-dora").json()
+    dora = ["-k", "-H", f"Authorization: Bearer {issued['token']}"]
+    assert curl(*dora, daemon.url("/api/jobs")).status == 200
+    assert issued["id"] in (daemon.data_dir / "tokens.json").read_text()
+
+    user_command(daemon.data_dir, "remove", "dora")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: curl(*dora, daemon.url("/api/jobs")).status == 401, 20, "dora's token to die"
+    )
+    wait_until(
+        lambda: issued["id"] not in (daemon.data_dir / "tokens.json").read_text(),
+        20,
+        "tokens.json to drop dora's token",
+    )
+    user_command(daemon.data_dir, "add", "dora", password="pw-dora")
+    await_user(daemon, "dora", "pw-dora")
+    assert curl(*dora, daemon.url("/api/jobs")).status == 401, "re-adding dora revives nothing"
+
+
 # --- errors -----------------------------------------------------------------------
 
 
