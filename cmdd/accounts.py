@@ -157,12 +157,19 @@ class Accounts:
         return self.book
 
     async def issue_token(
-        self, owner: str, expires_in: float | None, description: str
+        self,
+        owner: str,
+        expires_in: float | None,
+        description: str,
+        *,
+        parent: str | None = None,
     ) -> tuple[Token, str]:
         """A new token for C{owner}, on disk before it is handed out.
 
-        @raise ClientError: 400 for a bad lifetime; 401 if the owner is gone
-            by now.
+        @param parent: the id of the token the request came with, if any; the
+            new token then expires no later than it and is revoked with it.
+        @raise ClientError: 400 for a bad lifetime; 401 if the owner or the
+            parent token is gone by now.
         """
         lifetime = DEFAULT_TOKEN_LIFETIME if expires_in is None else expires_in
         if not 0 < lifetime <= self.max_token_lifetime:
@@ -174,20 +181,24 @@ class Accounts:
         now = self._clock.seconds()
         self.book.drop_expired(now)
         user = self._users.get(owner)
-        if user is None:
+        parent_token = None if parent is None else self.book.get(parent)
+        if user is None or (parent is not None and parent_token is None):
             raise ClientError(
                 "UNAUTHENTICATED",
                 "your credentials were revoked meanwhile",
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="cmdd"'},
             )
-        token, secret = issue(owner, now, lifetime, description, generation=user.generation)
+        token, secret = issue(
+            owner, now, lifetime, description, generation=user.generation, parent=parent_token
+        )
         self.book.add(token)
         await self._save()
         return token, secret
 
     async def revoke_token(self, token_id: str) -> None:
-        """Revoke at once (the next request with it fails), then save."""
+        """Revoke at once (the next request with it, or with a token minted
+        from it, fails), then save."""
         self.book.revoke(token_id)
         await self._save()
 

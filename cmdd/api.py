@@ -331,8 +331,13 @@ class CmddAPI:
                     "description must be a string of at most 200 characters",
                     field="description",
                 )
+        # A token made with a token is its child: it never outlives the
+        # parent's expiry and is revoked with it.
         token, secret = await self._accounts.issue_token(
-            principal.name, None if expires_in is None else float(expires_in), description
+            principal.name,
+            None if expires_in is None else float(expires_in),
+            description,
+            parent=principal.token_id,
         )
         body = {**token_json(token), "token": secret}
         headers = {"Location": f"/api/tokens/{token.id}", "Cache-Control": "no-store"}

@@ -31,7 +31,7 @@ from cmdd.errors import ClientError
 from cmdd.throttle import FailureThrottle as FailureThrottle
 from cmdd.throttle import retry_after, throttle_key
 from cmdd.tls import peer_common_name
-from cmdd.tokens import TokenBook
+from cmdd.tokens import Token, TokenBook
 from cmdd.users import User, verify_password
 from cmdd.web import respond_json
 
@@ -67,10 +67,13 @@ class IPrincipal(Interface):
 @implementer(IPrincipal)
 @attrs.frozen
 class Principal:
-    """Who is asking: a name and a role."""
+    """Who is asking: a name, a role, and the token it showed (if any)."""
 
     name: str
     role: str
+    #: The bearer token this request came with (C{None}: a password or a
+    #: client certificate). Tokens minted with it are bound to it.
+    token_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -88,7 +91,10 @@ Blocking = Callable[..., Deferred[Any]]
 
 @implementer(ICredentialsChecker)
 class TokenChecker:
-    """Checks bearer tokens against the token book and their owners."""
+    """Checks bearer tokens against the token book and their owners.
+
+    The avatar id is the L{Token} record: the realm needs its id too.
+    """
 
     credentialInterfaces = (IBearerToken,)
 
@@ -105,7 +111,7 @@ class TokenChecker:
         if owner is None or owner.generation != token.generation:
             # The owner was removed (and perhaps added again): not its token.
             return fail(UnauthorizedLogin("invalid, expired or revoked token"))
-        return succeed(token.owner)
+        return succeed(token)
 
 
 @implementer(ICredentialsChecker)
@@ -145,10 +151,12 @@ class CmddRealm:
     ) -> tuple[Any, Principal, Callable[[], None]]:
         if IPrincipal not in interfaces:
             raise NotImplementedError("cmdd only has principals")
-        user = self._users().get(avatarId)
+        token = avatarId if isinstance(avatarId, Token) else None
+        user = self._users().get(token.owner if token is not None else avatarId)
         if user is None:
             raise UnauthorizedLogin("the user no longer exists")
-        return IPrincipal, Principal(user.name, user.role), lambda: None
+        principal = Principal(user.name, user.role, None if token is None else token.id)
+        return IPrincipal, principal, lambda: None
 
 
 def make_portal(

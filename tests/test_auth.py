@@ -454,3 +454,49 @@ def test_a_token_of_another_generation_is_refused(client: Client) -> None:
     client.accounts.book.add(token)
     client.token = secret
     assert client.json("GET", "/api/jobs")[0] == 401
+
+
+# --- tokens minted with tokens ----------------------------------------------------------
+
+
+def test_token_minted_with_a_token_never_outlives_its_parent(client: Client) -> None:
+    """A token made with a token expires no later than that token, whatever
+    expires_in asks for; a token made with a password may live 365 days."""
+    client.add_user("alice", password="pw")
+    client.token = None
+    _, parent, _ = client.json(
+        "POST", "/api/tokens", {"expires_in": 600}, headers=basic("alice", "pw")
+    )
+    client.token = parent["token"]
+    code, child, _ = client.json("POST", "/api/tokens", {"expires_in": 365 * 86400})
+    assert code == 201 and child["expires"] == parent["expires"]
+    assert child["parent"] == parent["id"] and parent["parent"] is None
+    client.token = child["token"]
+    assert client.json("GET", "/api/jobs")[0] == 200
+    client.clock.advance(601)
+    assert client.json("GET", "/api/jobs")[0] == 401, "the child expired with its parent"
+
+
+def test_revoking_a_token_revokes_the_tokens_minted_with_it(client: Client) -> None:
+    """DELETE /api/tokens/{id} also revokes every token made with that token
+    (and the ones made with those), at once and in tokens.json."""
+    client.add_user("alice", password="pw")
+    client.token = None
+    _, parent, _ = client.json("POST", "/api/tokens", raw=b"", headers=basic("alice", "pw"))
+    client.token = parent["token"]
+    _, child, _ = client.json("POST", "/api/tokens", {"description": "child"})
+    client.token = child["token"]
+    _, grandchild, _ = client.json("POST", "/api/tokens", {"description": "grandchild"})
+    _, sibling, _ = client.json(
+        "POST", "/api/tokens", {"description": "by password"}, headers=basic("alice", "pw")
+    )
+    client.token = sibling["token"]
+    response, _ = client.request("DELETE", f"/api/tokens/{parent['id']}")
+    assert response.code == 204
+    for revoked in (parent, child, grandchild):
+        client.token = revoked["token"]
+        assert client.json("GET", "/api/jobs")[0] == 401, revoked["description"]
+    client.token = sibling["token"]
+    assert client.json("GET", "/api/jobs")[0] == 200, "a password-made token is no child"
+    stored = client.accounts.tokens_path
+    assert child["id"] not in Path(stored).read_text()
