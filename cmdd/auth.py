@@ -5,6 +5,7 @@ route, so a route added later cannot forget to check: the gate, not each
 handler, decides. Bearer tokens work everywhere; HTTP Basic (user and
 password) only where a token is made, C{POST /api/tokens}. Password checks
 are throttled per (user, address) (L{cmdd.throttle}); tokens are not.
+The C{metrics} role passes the gate only for C{/metrics} and its own tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ log = Logger()
 REALM = "cmdd"
 BASIC_PATHS = frozenset({(b"POST", b"/api/tokens")})
 PUBLIC_PATHS = frozenset({b"/healthz"})
+#: Roles that may read C{GET /metrics}.
+METRICS_READERS = frozenset({"admin", "metrics"})
+#: What the C{metrics} role may do: read metrics and the API description,
+#: make, list and revoke its own tokens. Everything else is 403.
+_METRICS_ROLE_ROUTES = frozenset(
+    {
+        (b"GET", b"/metrics"),
+        (b"GET", b"/api/openapi.json"),
+        (b"POST", b"/api/tokens"),
+        (b"GET", b"/api/tokens"),
+    }
+)
 #: A valid hash to check against for unknown users, so a miss takes as long.
 _DUMMY_HASH = (
     "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
@@ -83,6 +96,16 @@ class Principal:
     def may_see(self, owner: str) -> bool:
         """Whether this principal may see a job owned by C{owner}."""
         return self.is_admin or owner == self.name
+
+    def may_request(self, method: bytes, path: bytes) -> bool:
+        """Whether this principal's role may use C{method path} at all."""
+        if self.role != "metrics":
+            return True
+        if method == b"HEAD":
+            method = b"GET"
+        if method == b"DELETE" and path.startswith(b"/api/tokens/"):
+            return b"/" not in path[len(b"/api/tokens/") :]
+        return (method, path) in _METRICS_ROLE_ROUTES
 
 
 Users = Callable[[], dict[str, User]]
@@ -315,6 +338,14 @@ class AuthGate(Resource):
         return principal
 
     def _admit(self, principal: Principal, request: IRequest) -> None:
+        if not principal.may_request(request.method, request.path):
+            error = ClientError(
+                "FORBIDDEN",
+                f"the {principal.role} role may only read /metrics and manage its own tokens",
+                status=403,
+            )
+            self._respond_error(error, request)
+            return
         request.cmdd_principal = principal  # type: ignore[attr-defined]
         body = self._inner.render(request)
         if body is not NOT_DONE_YET:
@@ -326,6 +357,9 @@ class AuthGate(Resource):
         if not isinstance(error, ClientError):
             log.failure("authentication failed unexpectedly", failure)
             error = ClientError("INTERNAL_ERROR", "the server failed; see its log", status=500)
+        self._respond_error(error, request)
+
+    def _respond_error(self, error: ClientError, request: IRequest) -> None:
         if getattr(request, "finished", False) or getattr(request, "_disconnected", False):
             return
         request.write(respond_json(request, error.to_json(), error.status, error.headers))

@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             action.add_argument("name", help="user name")
         if name == "add":
-            action.add_argument("--role", choices=ROLES, default="user", help="[default: user]")
+            action.add_argument(
+                "--role",
+                choices=ROLES,
+                default="user",
+                help="admin: every job; user: own jobs; metrics: only /metrics [default: user]",
+            )
         if name in ("add", "passwd"):
             action.add_argument(
                 "--password-stdin", action="store_true", help="read the password from stdin"

@@ -297,9 +297,9 @@ def description() -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "ok")}}
         },
         "/metrics": {
-            "get": {"summary": "Prometheus metrics",
+            "get": {"summary": "Prometheus metrics (roles admin and metrics only)",
                     "responses": {"200": {"description": "text exposition format",
-                                          "content": {"text/plain": {}}}, **_errors()}}
+                                          "content": {"text/plain": {}}}, **_errors(403)}}
         },
     }  # fmt: skip
     return {

@@ -27,7 +27,8 @@ import attrs
 
 from cmdd.files import write_private_file
 
-ROLES = ("admin", "user")
+#: C{metrics} may only read C{/metrics} (and manage its own tokens): for scrapers.
+ROLES = ("admin", "user", "metrics")
 USERS_NAME = "users"
 _NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\Z")
 _GENERATION = re.compile(r"[0-9a-f]{16}\Z")

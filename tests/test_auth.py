@@ -500,3 +500,41 @@ def test_revoking_a_token_revokes_the_tokens_minted_with_it(client: Client) -> N
     assert client.json("GET", "/api/jobs")[0] == 200, "a password-made token is no child"
     stored = client.accounts.tokens_path
     assert child["id"] not in Path(stored).read_text()
+
+
+# --- /metrics ---------------------------------------------------------------------------
+
+
+def test_metrics_are_for_admins_and_the_metrics_role(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain user's GET /metrics is a JSON 403; the admin and a user made
+    with `cmdd user add NAME --role metrics` read it."""
+    client.token = client.add_user("alice")
+    code, body, _ = client.json("GET", "/metrics")
+    assert code == 403 and body["error"]["code"] == "FORBIDDEN"
+    client.token = client.admin_token
+    response, content = client.request("GET", "/metrics")
+    assert response.code == 200 and b"cmdd_jobs_submitted_total" in content
+    user_command(monkeypatch, tmp_path, "add", "prom", "--role", "metrics")
+    client.accounts.reload_users()
+    code, created, _ = token_request(client, "prom", "pw")
+    assert code == 201
+    client.token = created["token"]
+    response, content = client.request("GET", "/metrics")
+    assert response.code == 200 and b"cmdd_jobs_submitted_total" in content
+
+
+@pytest.mark.parametrize(("method", "path"), routes())
+def test_metrics_role_can_do_nothing_else(client: Client, method: str, path: str) -> None:
+    """The metrics role reads /metrics and the API description and manages its
+    own tokens; every other route answers 403 FORBIDDEN."""
+    client.token = client.add_user("prom", role="metrics")
+    response, content = client.request(method, path, raw=b"{}", headers=JSON)
+    allowed = {("GET", "/metrics"), ("GET", "/api/openapi.json"), ("GET", "/healthz"),
+               ("POST", "/api/tokens"), ("GET", "/api/tokens"), ("DELETE", "/api/tokens/abc")}
+    if (method, path) in allowed:
+        assert response.code != 403, (method, path, content)
+        return
+    assert response.code == 403, (method, path, content)
+    assert json.loads(content)["error"]["code"] == "FORBIDDEN"

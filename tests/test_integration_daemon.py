@@ -546,13 +546,15 @@ def test_failed_logins_are_throttled_per_user_and_address(tmp_path: Path) -> Non
     assert after_burst == 200
 
 
-def test_removed_user_loses_its_tokens(daemon: Daemon) -> None:
+def test_removed_user_loses_tokens_and_only_admins_read_metrics(daemon: Daemon) -> None:
     """`cmdd user remove` revokes the user's tokens in the running daemon (and
-    in tokens.json), and adding the user again revives none."""
+    in tokens.json); /metrics answers a plain user 403 and the admin 200."""
     user_command(daemon.data_dir, "add", "dora", password="pw-dora")
     issued = await_user(daemon, "dora", "pw-dora").json()
     dora = ["-k", "-H", f"Authorization: Bearer {issued['token']}"]
-    assert curl(*dora, daemon.url("/api/jobs")).status == 200
+    forbidden = curl(*dora, daemon.url("/metrics"))
+    assert forbidden.status == 403 and forbidden.error_code() == "FORBIDDEN"
+    assert daemon.curl(daemon.url("/metrics")).status == 200
     assert issued["id"] in (daemon.data_dir / "tokens.json").read_text()
 
     user_command(daemon.data_dir, "remove", "dora")
