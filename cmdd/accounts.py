@@ -3,7 +3,8 @@
 Users live in C{DATA_DIR/users}, edited by C{cmdd user ...}; the daemon
 re-reads the file when it changes (checked every few seconds) and on
 SIGHUP. Tokens live in C{DATA_DIR/tokens.json} (hashes only), rewritten
-atomically on the I/O thread whenever one is issued or revoked.
+atomically on the I/O thread whenever one is issued or revoked, and when a
+reload finds users gone or re-created: their tokens are dropped with them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cmdd.users import (
     UserError,
     generate_password,
     hash_password,
+    new_user,
     read_users,
     write_users,
 )
@@ -67,11 +69,12 @@ class Accounts:
     def load(self) -> None:
         """Read users and tokens at start-up; create the first admin if none.
 
+        Tokens of users that are gone (or were re-created) while the daemon
+        was down are dropped, and the tokens file is rewritten without them.
         Synchronous: it runs before the reactor does.
         """
         if not os.path.exists(self.users_path):
             self._bootstrap()
-        self.reload_users()
         try:
             with open(self.tokens_path, "rb") as tokens_file:
                 self.book = TokenBook.loads(tokens_file.read())
@@ -80,16 +83,21 @@ class Accounts:
         except ValueError as e:
             raise UserError(f"{self.tokens_path} is damaged: {e}") from None
         self.book.drop_expired(self._clock.seconds())
+        if self._read_users() and self._drop_dead_tokens():
+            write_private_file(self.tokens_path, self.book.dumps())
 
     def _bootstrap(self) -> None:
         # A newcomer can use the API at once: the admin token is in a 0600
         # file; the password is random and unknown (set one with
         # `cmdd user passwd admin`). Neither is ever logged.
-        write_users(
-            self.users_path, {"admin": User("admin", "admin", hash_password(generate_password()))}
-        )
+        admin = new_user("admin", "admin", hash_password(generate_password()))
+        write_users(self.users_path, {"admin": admin})
         token, secret = issue(
-            "admin", self._clock.seconds(), self.max_token_lifetime, "first start"
+            "admin",
+            self._clock.seconds(),
+            self.max_token_lifetime,
+            "first start",
+            generation=admin.generation,
         )
         book = TokenBook([token])
         write_private_file(self.tokens_path, book.dumps())
@@ -99,6 +107,13 @@ class Accounts:
             path=self.admin_token_path,
         )
 
+    def _drop_dead_tokens(self) -> int:
+        """Forget the tokens of users that are gone or were re-created."""
+        dropped = self.book.drop_unowned({u.name: u.generation for u in self._users.values()})
+        if dropped:
+            log.info("dropped {count} tokens of removed users", count=dropped)
+        return dropped
+
     def _signature(self) -> tuple[int, int, int] | None:
         try:
             stat = os.stat(self.users_path)
@@ -107,7 +122,20 @@ class Accounts:
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def reload_users(self) -> bool:
-        """Re-read the users file; keep the old users if it is broken."""
+        """Re-read the users file; keep the old users if it is broken.
+
+        Tokens of users that are gone (or re-created) are forgotten at once
+        and the tokens file is rewritten (on the I/O thread).
+        """
+        if not self._read_users():
+            return False
+        if self._drop_dead_tokens():
+            self._save().addErrback(
+                lambda failure: log.failure("cannot rewrite {path}", failure, path=self.tokens_path)
+            )
+        return True
+
+    def _read_users(self) -> bool:
         signature = self._signature()
         try:
             users = read_users(self.users_path)
@@ -129,9 +157,20 @@ class Accounts:
         return self.book
 
     async def issue_token(
-        self, owner: str, expires_in: float | None, description: str
+        self,
+        owner: str,
+        expires_in: float | None,
+        description: str,
+        *,
+        parent: str | None = None,
     ) -> tuple[Token, str]:
-        """A new token for C{owner}, on disk before it is handed out."""
+        """A new token for C{owner}, on disk before it is handed out.
+
+        @param parent: the id of the token the request came with, if any; the
+            new token then expires no later than it and is revoked with it.
+        @raise ClientError: 400 for a bad lifetime; 401 if the owner or the
+            parent token is gone by now.
+        """
         lifetime = DEFAULT_TOKEN_LIFETIME if expires_in is None else expires_in
         if not 0 < lifetime <= self.max_token_lifetime:
             raise ClientError(
@@ -141,13 +180,25 @@ class Accounts:
             )
         now = self._clock.seconds()
         self.book.drop_expired(now)
-        token, secret = issue(owner, now, lifetime, description)
+        user = self._users.get(owner)
+        parent_token = None if parent is None else self.book.get(parent)
+        if user is None or (parent is not None and parent_token is None):
+            raise ClientError(
+                "UNAUTHENTICATED",
+                "your credentials were revoked meanwhile",
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="cmdd"'},
+            )
+        token, secret = issue(
+            owner, now, lifetime, description, generation=user.generation, parent=parent_token
+        )
         self.book.add(token)
         await self._save()
         return token, secret
 
     async def revoke_token(self, token_id: str) -> None:
-        """Revoke at once (the next request with it fails), then save."""
+        """Revoke at once (the next request with it, or with a token minted
+        from it, fails), then save."""
         self.book.revoke(token_id)
         await self._save()
 

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cmdd import __version__
 from cmdd.accounts import Accounts
-from cmdd.auth import RunAsPolicy, principal_of
+from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.follow import follow, parse_range
 from cmdd.jobs import Job, State
@@ -331,8 +331,13 @@ class CmddAPI:
                     "description must be a string of at most 200 characters",
                     field="description",
                 )
+        # A token made with a token is its child: it never outlives the
+        # parent's expiry and is revoked with it.
         token, secret = await self._accounts.issue_token(
-            principal.name, None if expires_in is None else float(expires_in), description
+            principal.name,
+            None if expires_in is None else float(expires_in),
+            description,
+            parent=principal.token_id,
         )
         body = {**token_json(token), "token": secret}
         headers = {"Location": f"/api/tokens/{token.id}", "Cache-Control": "no-store"}
@@ -374,6 +379,12 @@ class CmddAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
+        principal = principal_of(request)
+        if principal.role not in METRICS_READERS:
+            # The counts cover every user's jobs: not for everyone.
+            raise ClientError(
+                "FORBIDDEN", "only admins and the metrics role may read /metrics", status=403
+            )
         manager = self._manager
         lines = [
             "# HELP cmdd_jobs_submitted_total Jobs accepted since start.",

@@ -3,14 +3,15 @@
 Every request but C{GET /healthz} passes L{AuthGate} before it reaches a
 route, so a route added later cannot forget to check: the gate, not each
 handler, decides. Bearer tokens work everywhere; HTTP Basic (user and
-password) only where a token is made, C{POST /api/tokens}.
+password) only where a token is made, C{POST /api/tokens}. Password checks
+are throttled per (user, address) (L{cmdd.throttle}); tokens are not.
+The C{metrics} role passes the gate only for C{/metrics} and its own tokens.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +29,10 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import Attribute, Interface, implementer
 
 from cmdd.errors import ClientError
+from cmdd.throttle import FailureThrottle as FailureThrottle
+from cmdd.throttle import retry_after, throttle_key
 from cmdd.tls import peer_common_name
-from cmdd.tokens import TokenBook
+from cmdd.tokens import Token, TokenBook
 from cmdd.users import User, verify_password
 from cmdd.web import respond_json
 
@@ -38,6 +41,18 @@ log = Logger()
 REALM = "cmdd"
 BASIC_PATHS = frozenset({(b"POST", b"/api/tokens")})
 PUBLIC_PATHS = frozenset({b"/healthz"})
+#: Roles that may read C{GET /metrics}.
+METRICS_READERS = frozenset({"admin", "metrics"})
+#: What the C{metrics} role may do: read metrics and the API description,
+#: make, list and revoke its own tokens. Everything else is 403.
+_METRICS_ROLE_ROUTES = frozenset(
+    {
+        (b"GET", b"/metrics"),
+        (b"GET", b"/api/openapi.json"),
+        (b"POST", b"/api/tokens"),
+        (b"GET", b"/api/tokens"),
+    }
+)
 #: A valid hash to check against for unknown users, so a miss takes as long.
 _DUMMY_HASH = (
     "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
@@ -65,10 +80,13 @@ class IPrincipal(Interface):
 @implementer(IPrincipal)
 @attrs.frozen
 class Principal:
-    """Who is asking: a name and a role."""
+    """Who is asking: a name, a role, and the token it showed (if any)."""
 
     name: str
     role: str
+    #: The bearer token this request came with (C{None}: a password or a
+    #: client certificate). Tokens minted with it are bound to it.
+    token_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -79,6 +97,16 @@ class Principal:
         """Whether this principal may see a job owned by C{owner}."""
         return self.is_admin or owner == self.name
 
+    def may_request(self, method: bytes, path: bytes) -> bool:
+        """Whether this principal's role may use C{method path} at all."""
+        if self.role != "metrics":
+            return True
+        if method == b"HEAD":
+            method = b"GET"
+        if method == b"DELETE" and path.startswith(b"/api/tokens/"):
+            return b"/" not in path[len(b"/api/tokens/") :]
+        return (method, path) in _METRICS_ROLE_ROUTES
+
 
 Users = Callable[[], dict[str, User]]
 Blocking = Callable[..., Deferred[Any]]
@@ -86,19 +114,27 @@ Blocking = Callable[..., Deferred[Any]]
 
 @implementer(ICredentialsChecker)
 class TokenChecker:
-    """Checks bearer tokens against the token book."""
+    """Checks bearer tokens against the token book and their owners.
+
+    The avatar id is the L{Token} record: the realm needs its id too.
+    """
 
     credentialInterfaces = (IBearerToken,)
 
-    def __init__(self, book: Callable[[], TokenBook], clock: IReactorTime) -> None:
+    def __init__(self, book: Callable[[], TokenBook], clock: IReactorTime, users: Users) -> None:
         self._book = book
         self._clock = clock
+        self._users = users
 
     def requestAvatarId(self, credentials: IBearerToken) -> Deferred[Any]:
         token = self._book().check(credentials.token, self._clock.seconds())
         if token is None:
             return fail(UnauthorizedLogin("invalid, expired or revoked token"))
-        return succeed(token.owner)
+        owner = self._users().get(token.owner)
+        if owner is None or owner.generation != token.generation:
+            # The owner was removed (and perhaps added again): not its token.
+            return fail(UnauthorizedLogin("invalid, expired or revoked token"))
+        return succeed(token)
 
 
 @implementer(ICredentialsChecker)
@@ -138,10 +174,12 @@ class CmddRealm:
     ) -> tuple[Any, Principal, Callable[[], None]]:
         if IPrincipal not in interfaces:
             raise NotImplementedError("cmdd only has principals")
-        user = self._users().get(avatarId)
+        token = avatarId if isinstance(avatarId, Token) else None
+        user = self._users().get(token.owner if token is not None else avatarId)
         if user is None:
             raise UnauthorizedLogin("the user no longer exists")
-        return IPrincipal, Principal(user.name, user.role), lambda: None
+        principal = Principal(user.name, user.role, None if token is None else token.id)
+        return IPrincipal, principal, lambda: None
 
 
 def make_portal(
@@ -149,56 +187,9 @@ def make_portal(
 ) -> Portal:
     """The portal with both checkers."""
     return Portal(
-        CmddRealm(users), [TokenChecker(book, clock), PasswordChecker(users, run_blocking)]
+        CmddRealm(users),
+        [TokenChecker(book, clock, users), PasswordChecker(users, run_blocking)],
     )
-
-
-class FailureThrottle:
-    """Slows down guessing: too many failures from one address answer 429.
-
-    Per address, failures in the last C{window} seconds are counted; at
-    C{max_failures} the address must wait until the oldest one ages out.
-    Other addresses are unaffected. At most C{max_tracked} addresses are
-    remembered (the least recently failing are forgotten first).
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        max_failures: int = 10,
-        window: float = 60.0,
-        max_tracked: int = 10_000,
-    ) -> None:
-        self._clock = clock
-        self.max_failures = max_failures
-        self.window = window
-        self._max_tracked = max_tracked
-        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict()
-        )
-
-    def retry_after(self, address: str) -> float | None:
-        """Seconds this address must wait, or C{None} if it may try now."""
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        now = self._clock.seconds()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return None
-        if len(failures) < self.max_failures:
-            return None
-        return failures[0] + self.window - now
-
-    def failed(self, address: str) -> None:
-        """Count a failed attempt from this address."""
-        failures = self._failures.pop(address, None) or collections.deque()
-        failures.append(self._clock.seconds())
-        self._failures[address] = failures
-        while len(self._failures) > self._max_tracked:
-            self._failures.popitem(last=False)
 
 
 @attrs.frozen
@@ -301,15 +292,6 @@ class AuthGate(Resource):
         return NOT_DONE_YET
 
     async def _authenticate(self, request: IRequest) -> Principal:
-        address = _address(request)
-        wait = self._throttle.retry_after(address)
-        if wait is not None:
-            raise ClientError(
-                "TOO_MANY_FAILURES",
-                "too many failed logins from your address; try again later",
-                status=429,
-                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-            )
         header = request.getHeader("authorization")
         if not header and self._client_certificates:
             # Mutual TLS: the handshake verified the certificate against the
@@ -320,17 +302,50 @@ class AuthGate(Resource):
                 return Principal(user.name, user.role)
         basic_allowed = (request.method, request.path) in BASIC_PATHS
         credentials = parse_authorization(header, basic_allowed)
+        if IUsernamePassword.providedBy(credentials):
+            return await self._password_login(credentials, _address(request))
         try:
             _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
         except UnauthorizedLogin:
-            self._throttle.failed(address)
-            if IUsernamePassword.providedBy(credentials):
-                raise _unauthorized("wrong user name or password", "Basic") from None
+            # Not throttled: a token cannot be guessed, and counting bad ones
+            # per address would let one stale client lock out its neighbours.
             raise _unauthorized("invalid, expired or revoked token") from None
         assert isinstance(principal, Principal)
         return principal
 
+    async def _password_login(self, credentials: Any, address: str) -> Principal:
+        """Check a password, throttled per (user, address); the attempt is
+        counted from before the (threaded) check until its verdict."""
+        key = throttle_key(credentials.username.decode("utf-8", "replace"), address)
+        wait = self._throttle.begin(key)
+        if wait is not None:
+            raise ClientError(
+                "TOO_MANY_FAILURES",
+                "too many failed logins for this user from your address; try again later",
+                status=429,
+                headers={"Retry-After": retry_after(wait)},
+            )
+        try:
+            _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
+        except UnauthorizedLogin:
+            self._throttle.failed(key)
+            raise _unauthorized("wrong user name or password", "Basic") from None
+        except BaseException:
+            self._throttle.abandoned(key)
+            raise
+        self._throttle.succeeded(key)
+        assert isinstance(principal, Principal)
+        return principal
+
     def _admit(self, principal: Principal, request: IRequest) -> None:
+        if not principal.may_request(request.method, request.path):
+            error = ClientError(
+                "FORBIDDEN",
+                f"the {principal.role} role may only read /metrics and manage its own tokens",
+                status=403,
+            )
+            self._respond_error(error, request)
+            return
         request.cmdd_principal = principal  # type: ignore[attr-defined]
         body = self._inner.render(request)
         if body is not NOT_DONE_YET:
@@ -342,6 +357,9 @@ class AuthGate(Resource):
         if not isinstance(error, ClientError):
             log.failure("authentication failed unexpectedly", failure)
             error = ClientError("INTERNAL_ERROR", "the server failed; see its log", status=500)
+        self._respond_error(error, request)
+
+    def _respond_error(self, error: ClientError, request: IRequest) -> None:
         if getattr(request, "finished", False) or getattr(request, "_disconnected", False):
             return
         request.write(respond_json(request, error.to_json(), error.status, error.headers))

@@ -14,11 +14,11 @@ from cmdd.offline import compact, verify
 from cmdd.users import (
     ROLES,
     USERS_NAME,
-    User,
     UserError,
     check_name,
     generate_password,
     hash_password,
+    new_user,
     read_users,
     write_users,
 )
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("add", "create a user; prints only the generated password on stdout"),
         ("list", "list users and roles"),
-        ("remove", "remove a user (their tokens stop working at once)"),
+        ("remove", "remove a user and revoke their tokens (at once in the daemon)"),
         ("passwd", "set a user's password; prints a generated one unless --password-stdin"),
     ):
         action = user_actions.add_parser(name, help=text, description=text)
@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             action.add_argument("name", help="user name")
         if name == "add":
-            action.add_argument("--role", choices=ROLES, default="user", help="[default: user]")
+            action.add_argument(
+                "--role",
+                choices=ROLES,
+                default="user",
+                help="admin: every job; user: own jobs; metrics: only /metrics [default: user]",
+            )
         if name in ("add", "passwd"):
             action.add_argument(
                 "--password-stdin", action="store_true", help="read the password from stdin"
@@ -90,7 +95,8 @@ def _user(args: argparse.Namespace) -> int:
             if name in users:
                 raise UserError(f"user {name} already exists")
             password, generated = _new_password(args.password_stdin)
-            users[name] = User(name, args.role, hash_password(password))
+            # A fresh generation: tokens of an earlier user of this name stay dead.
+            users[name] = new_user(name, args.role, hash_password(password))
         elif name not in users:
             raise UserError(f"no user {name}")
         elif args.action == "remove":

@@ -105,6 +105,8 @@ TOKEN = {
         "description": {"type": "string"},
         "created": _TIME,
         "expires": _TIME,
+        "parent": {"type": ["string", "null"],
+                   "description": "the token this one was made with (null: a password)"},
         "token": {"type": "string"},
     },
 }
@@ -146,7 +148,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "body too large",
         415: "body is not JSON",
         416: "range not satisfiable",
-        429: "too many failed logins",
+        429: "too many failed logins for this user from this address (Retry-After)",
         503: "queue full or stopping",
     }
     return {str(code): _json(ERROR, described[code]) for code in (401, *codes)}
@@ -295,9 +297,9 @@ def description() -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "ok")}}
         },
         "/metrics": {
-            "get": {"summary": "Prometheus metrics",
+            "get": {"summary": "Prometheus metrics (roles admin and metrics only)",
                     "responses": {"200": {"description": "text exposition format",
-                                          "content": {"text/plain": {}}}, **_errors()}}
+                                          "content": {"text/plain": {}}}, **_errors(403)}}
         },
     }  # fmt: skip
     return {

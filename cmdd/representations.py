@@ -99,4 +99,5 @@ def token_json(token: Token) -> dict[str, Any]:
         "description": token.description,
         "created": rfc3339(token.created),
         "expires": rfc3339(token.expires),
+        "parent": token.parent,
     }

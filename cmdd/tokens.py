@@ -5,6 +5,12 @@ checked against its hash with a constant-time compare. A fast hash is right
 here: the secret has 256 bits of entropy, so there is nothing to brute-force,
 unlike a password.
 
+A token is bound to its owner's I{generation} (see L{cmdd.users}): once the
+owner is removed, or removed and added again, the token is dead. A token
+minted with another token records that I{parent}: it never expires later
+than the parent and is revoked with it (and so are its own children).
+Records written before these fields existed load with neither.
+
 Pure apart from the file format helpers; the daemon saves on a thread.
 """
 
@@ -15,7 +21,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -34,6 +40,10 @@ class Token:
     created: float
     expires: float
     description: str = ""
+    #: The owner's generation when the token was issued (C{None}: older records).
+    generation: str | None = None
+    #: The id of the token this one was minted with (C{None}: with a password).
+    parent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in the tokens file."""
@@ -47,6 +57,7 @@ class Token:
             "created": self.created,
             "expires": self.expires,
             "description": self.description,
+            "parent": self.parent,
         }
 
 
@@ -54,11 +65,36 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def issue(owner: str, now: float, lifetime: float, description: str = "") -> tuple[Token, str]:
-    """A new token for C{owner}: its record and the string to hand out once."""
+def issue(
+    owner: str,
+    now: float,
+    lifetime: float,
+    description: str = "",
+    *,
+    generation: str | None = None,
+    parent: Token | None = None,
+) -> tuple[Token, str]:
+    """A new token for C{owner}: its record and the string to hand out once.
+
+    @param generation: the owner's current generation (the token dies with it).
+    @param parent: the token this one is minted with; the new token expires
+        no later than it and records its id.
+    """
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)  # 256 bits
-    token = Token(token_id, owner, _digest(secret), now, now + lifetime, description)
+    expires = now + lifetime
+    if parent is not None:
+        expires = min(expires, parent.expires)
+    token = Token(
+        token_id,
+        owner,
+        _digest(secret),
+        now,
+        expires,
+        description,
+        generation,
+        None if parent is None else parent.id,
+    )
     return token, f"cmdd_{token_id}_{secret}"
 
 
@@ -80,8 +116,40 @@ class TokenBook:
         return self._tokens.get(token_id)
 
     def revoke(self, token_id: str) -> Token | None:
-        """Forget a token at once; returns it if it existed."""
-        return self._tokens.pop(token_id, None)
+        """Forget a token and every token minted from it (transitively) at
+        once; returns the token if it existed."""
+        token = self._tokens.get(token_id)
+        if token is not None:
+            self._drop({token_id})
+        return token
+
+    def drop_unowned(self, generations: Mapping[str, str | None]) -> int:
+        """Forget the tokens whose owner is gone or is another generation now.
+
+        @param generations: each current user's name and generation.
+        @return: how many tokens were dropped (with their children).
+        """
+        dead = {
+            t.id
+            for t in self._tokens.values()
+            if t.owner not in generations or generations[t.owner] != t.generation
+        }
+        return self._drop(dead) if dead else 0
+
+    def _drop(self, roots: set[str]) -> int:
+        children: dict[str, list[str]] = {}
+        for token in self._tokens.values():
+            if token.parent is not None:
+                children.setdefault(token.parent, []).append(token.id)
+        doomed, pending = set(), list(roots)
+        while pending:
+            token_id = pending.pop()
+            if token_id not in doomed:
+                doomed.add(token_id)
+                pending.extend(children.get(token_id, ()))
+        for token_id in doomed:
+            self._tokens.pop(token_id, None)
+        return len(doomed)
 
     def owned_by(self, owner: str) -> list[Token]:
         """An owner's tokens, oldest first."""
@@ -130,4 +198,7 @@ class TokenBook:
         document = json.loads(data)
         if not isinstance(document, dict) or document.get("version") != 1:
             raise ValueError("not a version 1 cmdd tokens file")
-        return cls(Token(**record) for record in document["tokens"])
+        try:
+            return cls(Token(**record) for record in document["tokens"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"a token record is malformed: {e}") from None

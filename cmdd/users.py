@@ -2,7 +2,13 @@
 
 The file is like an htpasswd file, one user per line::
 
-    alice:user:scrypt$16384$8$1$<salt>$<hash>
+    alice:user:scrypt$16384$8$1$<salt>$<hash>:3f9c0a6e1b2d4c58
+
+The last field is the user's I{generation}: a random tag made when the user
+is added. Every token records its owner's generation when it is issued, so
+removing a user and adding one with the same name never revives the old
+user's tokens. Lines without it (files written before it existed) still
+load; such a user keeps the tokens issued to it until it is removed.
 
 It is written atomically (temporary file, fsync, rename) with mode 0600,
 keeping its owner when root rewrites it (C{cmdd user} run as root for a
@@ -23,9 +29,11 @@ import attrs
 
 from cmdd.files import write_private_file
 
-ROLES = ("admin", "user")
+#: C{metrics} may only read C{/metrics} (and manage its own tokens): for scrapers.
+ROLES = ("admin", "user", "metrics")
 USERS_NAME = "users"
 _NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\Z")
+_GENERATION = re.compile(r"[0-9a-f]{16}\Z")
 # scrypt cost: n=2**14, r=8 (16 MiB, ~50 ms): the usual interactive setting.
 _N, _R, _P = 2**14, 8, 1
 
@@ -41,6 +49,8 @@ class User:
     name: str
     role: str
     password_hash: str
+    #: Random tag of this incarnation of the user (C{None} in old files).
+    generation: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -97,6 +107,16 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def new_generation() -> str:
+    """A fresh generation tag for a newly added user (64 random bits)."""
+    return secrets.token_hex(8)
+
+
+def new_user(name: str, role: str, password_hash: str) -> User:
+    """A user being added now: valid name and role, a fresh generation."""
+    return User(check_name(name), check_role(role), password_hash, new_generation())
+
+
 def generate_password() -> str:
     """A random password (128 bits), easy to copy."""
     return secrets.token_urlsafe(16)
@@ -113,11 +133,14 @@ def parse_users(text: str, source: str = "users file") -> dict[str, User]:
         if not line or line.startswith("#"):
             continue
         parts = line.split(":")
-        if len(parts) != 3:
-            raise UserError(f"{source} line {number}: expected name:role:hash")
-        name, role, password_hash = parts
+        if len(parts) not in (3, 4):
+            raise UserError(f"{source} line {number}: expected name:role:hash:generation")
+        name, role, password_hash = parts[:3]
+        generation = parts[3] if len(parts) == 4 else None
         try:
-            users[check_name(name)] = User(name, check_role(role), password_hash)
+            if generation is not None and not _GENERATION.match(generation):
+                raise UserError(f"invalid generation {generation!r}: 16 hex digits")
+            users[check_name(name)] = User(name, check_role(role), password_hash, generation)
         except UserError as e:
             raise UserError(f"{source} line {number}: {e}") from None
     return users
@@ -125,9 +148,14 @@ def parse_users(text: str, source: str = "users file") -> dict[str, User]:
 
 def format_users(users: dict[str, User]) -> str:
     """The file's text for C{users}."""
-    lines = ["# cmdd users: name:role:scrypt hash. Manage with `cmdd user`."]
-    lines += [f"{u.name}:{u.role}:{u.password_hash}" for u in sorted(users.values(), key=_name)]
+    lines = ["# cmdd users: name:role:scrypt hash:generation. Manage with `cmdd user`."]
+    lines += [_line(u) for u in sorted(users.values(), key=_name)]
     return "\n".join(lines) + "\n"
+
+
+def _line(user: User) -> str:
+    line = f"{user.name}:{user.role}:{user.password_hash}"
+    return line if user.generation is None else f"{line}:{user.generation}"
 
 
 def _name(user: User) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from http import HTTPStatus
 from typing import Any
 
+from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
@@ -58,6 +60,21 @@ def make_site(resource: Any, max_body: int, idle_timeout: float) -> Site:
     return site
 
 
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase of C{status}.
+
+    Twisted's table lacks some (429, 422), and its status line would then
+    read "429 Unknown Status"; Python's C{HTTPStatus} fills the gaps.
+    """
+    phrase = RESPONSES.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            phrase = b"Unknown Status"
+    return phrase
+
+
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON with a final newline (friendly to curl users).
 
@@ -89,7 +106,7 @@ def respond_json(
         if tag in (t.strip().removeprefix("W/") for t in wanted.split(",")) or wanted == "*":
             request.setResponseCode(304)
             return b""
-    request.setResponseCode(status)
+    request.setResponseCode(status, reason_phrase(status))
     request.setHeader(b"content-type", JSON_TYPE)
     # A length instead of chunked encoding: simpler for every client.
     request.setHeader(b"content-length", b"%d" % len(body))

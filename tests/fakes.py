@@ -29,6 +29,33 @@ class InlineIO:
             return fail(e)
 
 
+class ManualThreads:
+    """A "thread pool" whose work runs only when the test says so, so a test
+    can have many blocking calls (password checks) in flight at once."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((fn, args, d))
+        return d
+
+    def run_all(self) -> int:
+        """Run every waiting call (and any they queue); returns how many ran."""
+        ran = 0
+        while self.pending:
+            fn, args, d = self.pending.pop(0)
+            ran += 1
+            try:
+                result = fn(*args)
+            except Exception as e:
+                d.errback(e)
+            else:
+                d.callback(result)
+        return ran
+
+
 @implementer(IExecution)
 class FakeExecution:
     """A process the test ends by hand; records the signals it was sent."""

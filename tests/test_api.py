@@ -19,7 +19,7 @@ from cmdd.history import History, MemoryLog
 from cmdd.manager import JobManager, Limits
 from cmdd.store import JobStore
 from cmdd.tokens import issue
-from cmdd.users import User, hash_password, write_users
+from cmdd.users import hash_password, new_user, write_users
 from cmdd.web import make_site
 
 JSON = {"Content-Type": "application/json"}
@@ -28,7 +28,8 @@ JSON = {"Content-Type": "application/json"}
 class Client:
     """A cmdd API served in memory, with a fake clock and fake processes."""
 
-    def __init__(self, tmp_path: Path, **limits: Any) -> None:
+    def __init__(self, tmp_path: Path, blocking: Any = None, **limits: Any) -> None:
+        """@param blocking: runs password checks (default: at once, inline)."""
         from treq.testing import StubTreq
 
         self.clock = Clock()
@@ -43,9 +44,11 @@ class Client:
         self.accounts = Accounts(str(tmp_path), self.clock, io.run)
         self.accounts.load()
         self.admin_token = (tmp_path / "admin.token").read_text().strip()
-        self.token = self.admin_token
+        self.token: str | None = self.admin_token
         self.api = CmddAPI(self.manager, io.run, self.accounts)
-        portal = make_portal(self.accounts.users, self.accounts.book_view, self.clock, io.run)
+        portal = make_portal(
+            self.accounts.users, self.accounts.book_view, self.clock, blocking or io.run
+        )
         self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(self.clock))
         self.treq = StubTreq(self.gate)
         # Serve through cmdd's own request class, as the daemon does.
@@ -55,10 +58,10 @@ class Client:
     def add_user(self, name: str, role: str = "user", password: str = "secret") -> str:
         """Create a user (cheap hash, for speed) and return a bearer token for it."""
         users = dict(self.accounts.users())
-        users[name] = User(name, role, hash_password(password, n=2**4))
+        user = users[name] = new_user(name, role, hash_password(password, n=2**4))
         write_users(self.accounts.users_path, users)
         self.accounts.reload_users()
-        token, secret = issue(name, self.clock.seconds(), 3600)
+        token, secret = issue(name, self.clock.seconds(), 3600, generation=user.generation)
         self.accounts.book.add(token)
         return secret
 

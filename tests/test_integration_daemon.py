@@ -94,6 +94,8 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    #: The status line's reason phrase, e.g. "Too Many Requests".
+    reason: str = ""
 
     def json(self) -> Any:
         """The body decoded as JSON (it must be UTF-8)."""
@@ -113,18 +115,19 @@ def curl(*args: str, check: bool = True) -> Response:
     if check:
         assert done.returncode == 0, (done.returncode, done.stderr.decode(errors="replace"))
     rest = done.stdout
-    status, headers = 0, dict[str, str]()
+    status, reason, headers = 0, "", dict[str, str]()
     # -D - writes every response's header block (a 100 Continue, each redirect
     # followed with -L) before the last response's body: keep the last block.
     while rest.startswith(b"HTTP/"):
         block, _, rest = rest.partition(b"\r\n\r\n")
         lines = block.decode("iso-8859-1").split("\r\n")
-        status = int(lines[0].split()[1])
+        _, code, reason = [*lines[0].split(None, 2), ""][:3]
+        status = int(code)
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-    return Response(status, headers, rest)
+    return Response(status, headers, rest, reason)
 
 
 # --- the daemon -------------------------------------------------------------------
@@ -439,30 +442,134 @@ def test_cli_user_gets_a_token_and_sees_only_own_jobs(daemon: Daemon) -> None:
     assert password_as_bearer.status == 401, "passwords only buy tokens"
 
 
-def test_failed_logins_are_rate_limited(tmp_path: Path) -> None:
-    """After repeated failed logins an address gets 429 with Retry-After."""
-    daemon = launch(
-        tmp_path,
-        lambda ports: [
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--listen",
-            f"ssl:{ports[0]}:interface=127.0.0.1",
-        ],
+def user_command(data_dir: Path, *args: str, password: str | None = None) -> None:
+    """Run the venv's C{cmdd user ARGS --data-dir DATA_DIR} (a password on stdin)."""
+    extra = ["--password-stdin"] if password is not None else []
+    done = subprocess.run(
+        [str(Path(TWISTD).parent / "cmdd"), "user", *args, *extra, "--data-dir", str(data_dir)],
+        input=(password or "") + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+    assert done.returncode == 0, done.stderr
+
+
+def password_login(daemon: Daemon, name: str, password: str) -> Response:
+    """POST /api/tokens with HTTP Basic, as the README shows."""
+    return curl("-k", "-u", f"{name}:{password}", "-X", "POST", daemon.url("/api/tokens"))
+
+
+def await_user(daemon: Daemon, name: str, password: str) -> Response:
+    """SIGHUP the daemon and wait until C{name} can log in."""
+    daemon.process.send_signal(signal.SIGHUP)
+    found: Response = wait_until(
+        lambda: (r := password_login(daemon, name, password)).status == 201 and r,
+        20,
+        f"the daemon to know {name}",
+    )
+    return found
+
+
+def parallel_logins(daemon: Daemon, credentials: list[tuple[str, str]]) -> list[tuple[int, str]]:
+    """Send one POST /api/tokens per (name, password) at the same moment: every
+    connection is made (TLS included) before any request is sent."""
+    import base64
+    import http.client
+    import ssl
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    start = threading.Barrier(len(credentials), timeout=30)
+
+    def login(pair: tuple[str, str]) -> tuple[int, str]:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", daemon.port, context=context, timeout=30
+        )
+        try:
+            connection.connect()
+            start.wait()
+            basic = base64.b64encode(f"{pair[0]}:{pair[1]}".encode()).decode()
+            connection.request("POST", "/api/tokens", headers={"Authorization": f"Basic {basic}"})
+            response = connection.getresponse()
+            response.read()
+            return response.status, response.reason
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(credentials)) as pool:
+        return list(pool.map(login, credentials, timeout=60))
+
+
+def test_failed_logins_are_throttled_per_user_and_address(tmp_path: Path) -> None:
+    """Against the real daemon: bad bearer tokens never lock out a valid one; a
+    user's wrong passwords get 429 Too Many Requests (Retry-After) for that
+    user only; 200 guesses sent at once are not all checked."""
+    data_dir = tmp_path / "data"
+    daemon = launch(tmp_path, _serving(data_dir))
     try:
-        statuses = [
+        for name in ("alice", "carol", "bob"):
+            user_command(data_dir, "add", name, password=f"right-{name}")
+        await_user(daemon, "bob", "right-bob")
+
+        bad_tokens = [
             curl("-k", "-H", f"Authorization: Bearer guess-{i}", daemon.url("/api/jobs")).status
             for i in range(12)
         ]
-        refused = curl("-k", "-H", "Authorization: Bearer guess-x", daemon.url("/api/jobs"))
+        valid_token = daemon.curl(daemon.url("/api/jobs")).status
+
+        alice = [password_login(daemon, "alice", "wrong") for _ in range(7)]
+        bob = password_login(daemon, "bob", "right-bob").status
+
+        guesses = [("carol", f"guess-{i}") for i in range(200)]
+        guesses.insert(100, ("carol", "right-carol"))
+        burst = parallel_logins(daemon, guesses)
+        after_burst = daemon.curl(daemon.url("/api/jobs")).status
     finally:
         daemon.stop()
-    assert statuses[0] == 401
-    assert set(statuses) <= {401, 429}
-    assert refused.status == 429
-    assert refused.error_code() == "TOO_MANY_FAILURES"
-    assert int(refused.headers["retry-after"]) >= 1
+    assert bad_tokens == [401] * 12, "bad tokens are refused, not throttled"
+    assert valid_token == 200, "a valid token from the same address is never throttled"
+    assert [r.status for r in alice] == [401] * 5 + [429] * 2
+    assert alice[-1].reason == "Too Many Requests"
+    assert alice[-1].error_code() == "TOO_MANY_FAILURES"
+    assert int(alice[-1].headers["retry-after"]) >= 1
+    assert bob == 201, "another user's right password from the same address works"
+    statuses = [status for status, _ in burst]
+    checked = statuses.count(401) + statuses.count(201)
+    assert checked <= 10, f"{checked} of 201 parallel guesses were checked"
+    assert statuses.count(429) == len(burst) - checked
+    assert {reason for status, reason in burst if status == 429} == {"Too Many Requests"}
+    assert after_burst == 200
+
+
+def test_removed_user_loses_tokens_and_only_admins_read_metrics(daemon: Daemon) -> None:
+    """`cmdd user remove` revokes the user's tokens in the running daemon (and
+    in tokens.json); /metrics answers a plain user 403 and the admin 200."""
+    user_command(daemon.data_dir, "add", "dora", password="pw-dora")
+    issued = await_user(daemon, "dora", "pw-dora").json()
+    dora = ["-k", "-H", f"Authorization: Bearer {issued['token']}"]
+    forbidden = curl(*dora, daemon.url("/metrics"))
+    assert forbidden.status == 403 and forbidden.error_code() == "FORBIDDEN"
+    assert daemon.curl(daemon.url("/metrics")).status == 200
+    assert issued["id"] in (daemon.data_dir / "tokens.json").read_text()
+
+    user_command(daemon.data_dir, "remove", "dora")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: curl(*dora, daemon.url("/api/jobs")).status == 401, 20, "dora's token to die"
+    )
+    wait_until(
+        lambda: issued["id"] not in (daemon.data_dir / "tokens.json").read_text(),
+        20,
+        "tokens.json to drop dora's token",
+    )
+    user_command(daemon.data_dir, "add", "dora", password="pw-dora")
+    await_user(daemon, "dora", "pw-dora")
+    assert curl(*dora, daemon.url("/api/jobs")).status == 401, "re-adding dora revives nothing"
 
 
 # --- errors -----------------------------------------------------------------------
