@@ -55,7 +55,8 @@ class Sandbox:
             "--proc", "/proc",
         ]  # fmt: skip
         if self.private_tmp:
-            argv += ["--tmpfs", "/tmp"]  # noqa: S108 (a mount point, not a temp file)
+            # Sticky and world-writable, like a real /tmp (bwrap's default is 0755).
+            argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 (a mount point)
         for directory in self.hidden_directories:
             # Empty and read-only: nothing can be read there, nor left there.
             argv += ["--tmpfs", directory, "--remount-ro", directory]

@@ -311,3 +311,34 @@ def test_an_unknown_job_user_stops_start_up_with_one_line(tmp_path: Path) -> Non
     assert done.returncode != 0
     output = (done.stdout + done.stderr).decode()
     assert "cmdd: job_user 'cmdd-no-such-user' is not a Unix user" in output
+
+
+@needs_bwrap
+def test_private_tmp_and_no_network_are_the_jobs_own(tmp_path: Path) -> None:
+    """With job_private_tmp and no network, a job sees an empty /tmp of its own
+    and cannot connect even to the daemon's loopback port."""
+    marker = Path(tempfile.mkdtemp(prefix="cmdd-visible-"))
+    try:
+        daemon = Daemon(
+            tmp_path / "data",
+            extra_args=["--job-sandbox", "bubblewrap", "--job-private-tmp", "--job-no-network"],
+        )
+        try:
+            daemon.start()
+            probe = (
+                f"test -e '{marker}' && echo sees-host-tmp; "
+                "touch /tmp/left-by-job && echo tmp-writable; "
+                f"(exec 3<>/dev/tcp/127.0.0.1/{daemon.port}) 2>/dev/null && echo reaches-daemon; "
+                "echo done"
+            )
+            status, job = daemon.request(
+                "POST", "/api/jobs", {"command_line": ["bash", "-c", probe]}
+            )
+            assert status == 202, job
+            result = wait_result(daemon, job["id"])
+        finally:
+            daemon.stop()
+        assert result["stdout"].split() == ["tmp-writable", "done"], result
+        assert not Path("/tmp/left-by-job").exists(), "the job's /tmp was its own"
+    finally:
+        shutil.rmtree(marker, ignore_errors=True)
