@@ -52,6 +52,8 @@ class Settings:
     job_network: bool = True
     #: Whether any job may run as root (job_user or an allow-listed "user").
     allow_root_jobs: bool = False
+    #: What an unprivileged daemon's sandboxed jobs may write besides /tmp and /var/tmp.
+    job_writable_paths: tuple[str, ...] = ()
 
     @property
     def journal_path(self) -> str:
@@ -90,6 +92,7 @@ KEYS = frozenset(
         "run_as",
         "job_user",
         "job_sandbox",
+        "job_writable_paths",
         *_BOOLS,
         *_INTS,
         *_FLOATS,
@@ -150,6 +153,15 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         if not isinstance(merged["job_user"], str) or not merged["job_user"]:
             raise ConfigError("job_user must be a Unix user name")
         values["job_user"] = merged["job_user"]
+    if "job_writable_paths" in merged:
+        paths = merged["job_writable_paths"]
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list | tuple) or not all(
+            isinstance(p, str) and os.path.isabs(p) for p in paths
+        ):
+            raise ConfigError("job_writable_paths must be a list of absolute paths")
+        values["job_writable_paths"] = tuple(os.path.normpath(p) for p in paths)
     if "job_sandbox" in merged:
         if merged["job_sandbox"] not in SANDBOX_MODES:
             raise ConfigError(f"job_sandbox must be one of {', '.join(SANDBOX_MODES)}")

@@ -21,10 +21,9 @@ from collections.abc import Iterable
 
 from attrs import frozen
 
-#: What a root spawner keeps: switch users and groups, signal jobs of any
-#: user, and look up working directories on the jobs' behalf. Jobs lose all
-#: of it when they switch to a non-root uid.
-SPAWNER_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH")
+#: What a root spawner keeps: switch users and groups, and signal jobs of
+#: any user. Jobs lose both when they switch to a non-root uid.
+SPAWNER_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
 
 
 @frozen
@@ -32,10 +31,17 @@ class Sandbox:
     """A bubblewrap sandbox for the spawner and every job it forks.
 
     @ivar bwrap: the bwrap program.
-    @ivar hidden_directories: covered by an empty tmpfs (the data directory).
+    @ivar hidden_directories: covered by an empty read-only tmpfs (the data
+        directory). Each of their ancestors becomes a mount point of its own,
+        so that no job can rename or replace one and make the daemon's next
+        open by path land in a directory the job made.
     @ivar hidden_files: covered by an empty file (key files elsewhere).
     @ivar private_tmp: give jobs their own empty C{/tmp}.
     @ivar network: whether jobs keep the host's network.
+    @ivar read_only: the host's file system is read-only to jobs, except
+        C{writable} (for an unprivileged daemon, whose jobs share its uid
+        and could otherwise change its home, configuration and installation).
+    @ivar writable: paths that stay writable when C{read_only}.
     """
 
     bwrap: str
@@ -43,6 +49,8 @@ class Sandbox:
     hidden_files: tuple[str, ...] = ()
     private_tmp: bool = False
     network: bool = True
+    read_only: bool = False
+    writable: tuple[str, ...] = ()
 
     def arguments(self, as_root: bool) -> list[str]:
         """bwrap's command line up to (and including) the C{--}."""
@@ -50,13 +58,23 @@ class Sandbox:
             self.bwrap,
             "--die-with-parent",
             "--unshare-pid",
-            "--bind", "/", "/",
-            "--dev-bind", "/dev", "/dev",
-            "--proc", "/proc",
+            # The spawner itself is PID 1: no bwrap reaper a job could
+            # ptrace, and the kernel keeps every signal a job sends it away.
+            "--as-pid-1",
+            "--ro-bind" if self.read_only else "--bind", "/", "/",
         ]  # fmt: skip
+        if self.read_only:
+            for path in self.writable:
+                argv += ["--bind", path, path]
+        argv += ["--dev-bind", "/dev", "/dev", "--proc", "/proc"]
         if self.private_tmp:
             # Sticky and world-writable, like a real /tmp (bwrap's default is 0755).
             argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 (a mount point)
+        for ancestor in ancestors(self.hidden_directories):
+            if self.private_tmp and _within(ancestor, "/tmp"):  # noqa: S108 (a mount point)
+                continue  # on the jobs' own /tmp: the daemon never sees it
+            writable = not self.read_only or any(_within(ancestor, w) for w in self.writable)
+            argv += ["--bind" if writable else "--ro-bind", ancestor, ancestor]
         for directory in self.hidden_directories:
             # Empty and read-only: nothing can be read there, nor left there.
             argv += ["--tmpfs", directory, "--remount-ro", directory]
@@ -70,6 +88,22 @@ class Sandbox:
                 argv += ["--cap-add", capability]
         argv.append("--")
         return argv
+
+
+def ancestors(paths: Iterable[str]) -> list[str]:
+    """Every proper ancestor of these absolute paths but C{/}, parents first."""
+    found: list[str] = []
+    for path in paths:
+        parts = path.strip("/").split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            ancestor = "/" + "/".join(parts[:depth])
+            if ancestor not in found:
+                found.append(ancestor)
+    return found
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def spawner_command(

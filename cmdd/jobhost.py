@@ -108,12 +108,19 @@ def choose_sandbox(settings: Settings, secrets: tuple[str, ...], as_root: bool) 
         if settings.job_sandbox == "bubblewrap":
             raise StartupError("job_sandbox is bubblewrap but bwrap is not installed")
         return None
+    writable = ("/var/tmp", *settings.job_writable_paths)  # noqa: S108 (mount points)
+    if not settings.job_private_tmp:
+        writable = ("/tmp", *writable)  # noqa: S108 (a mount point)
     sandbox = Sandbox(
         bwrap,
         hidden_directories=(os.path.realpath(settings.data_dir),),
         hidden_files=secrets,
         private_tmp=settings.job_private_tmp,
         network=settings.job_network,
+        # Jobs of an unprivileged daemon share its uid: all it owns (home,
+        # configuration, installation) must be read-only to them.
+        read_only=not as_root,
+        writable=tuple(os.path.realpath(p) for p in writable if os.path.isdir(p)),
     )
     why = _check(sandbox, as_root, settings.allow_root_jobs)
     if why is None:

@@ -321,6 +321,11 @@ class JobManager(Service):
             log.info("job {job_id} not executed: {why}", job_id=job.id, why=str(e))
             self._end(run, Outcome(State.NOT_EXECUTED, reason=str(e)))
             return
+        except Exception:
+            # Never leave a job "running" with no process behind it.
+            log.failure("starting job {job_id} failed", job_id=job.id)
+            self._end(run, Outcome(State.NOT_EXECUTED, reason="cmdd could not start it"))
+            return
         if job.spec.timeout is not None:
             run.timeout_call = self.clock.callLater(job.spec.timeout, self._time_out, run)
         run.execution.ended().addCallback(self._process_ended, run).addErrback(

@@ -268,9 +268,7 @@ class LocalExecutor:
         env = job_environment(spec, job_id, base)
         process = JobProcess(self._link, job_id, self._reactor, stdout, stderr, self._drain_seconds)
         # The job's ends go to the spawner; ours are read and written here.
-        stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
-        stdout_read, stdout_write = os.pipe2(os.O_CLOEXEC)
-        stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
+        stdin_read, stdin_write, stdout_read, stdout_write, stderr_read, stderr_write = _pipes(3)
         process.attach(self._reactor, stdin_write, stdout_read, stderr_read)
         stdout.set_flow(process.pause, process.resume)
         stderr.set_flow(process.pause, process.resume)
@@ -288,3 +286,20 @@ class LocalExecutor:
         self._link.spawn(request, (stdin_read, stdout_write, stderr_write), process)
         process.feed((spec.stdin or "").encode("utf-8"))
         return process
+
+
+def _pipes(count: int) -> list[int]:
+    """C{count} pipes' ends (read, write, read, ...), all or none.
+
+    @raise SpawnError: out of descriptors (EMFILE): the job is not_executed,
+        and nothing leaks.
+    """
+    ends: list[int] = []
+    try:
+        for _ in range(count):
+            ends.extend(os.pipe2(os.O_CLOEXEC))
+    except OSError as e:
+        for fd in ends:
+            os.close(fd)
+        raise SpawnError(f"cannot make the job's pipes: {e.strerror}") from None
+    return ends

@@ -32,6 +32,7 @@ C{{"op": "exited", "job", "code", "signal"}}.
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import json
@@ -41,6 +42,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 CONTROL_FD = 3
@@ -51,6 +53,10 @@ _MAX_FRAME = 16 * 1024 * 1024
 _MAX_FDS = 3
 #: Signals the daemon sends jobs; the spawner itself only notes them.
 _JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: Longest client-chosen name echoed in an answer.
+_NAME_CHARS = 200
+_KILL_ROUNDS = 20
+_KILL_EVERYTHING_SECONDS = 5.0
 #: Descriptors above this are not expected; closerange is one syscall anyway.
 _MAX_FD = 1 << 20
 
@@ -96,12 +102,18 @@ class Spawner:
     def receive(self) -> bool:
         """Read what the daemon sent; handle complete frames. False at EOF."""
         fds = array.array("i")
-        data, ancillary, _, _ = self.control.recvmsg(
+        data, ancillary, flags, _ = self.control.recvmsg(
             65536, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
         )
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+        if flags & socket.MSG_CTRUNC:
+            # Descriptors were dropped (we are out of them): which job's pipe
+            # is which can no longer be told, so start afresh rather than
+            # hand one job another's pipes.
+            raise SystemExit("cmdd-spawner: descriptors from the daemon were dropped")
+        # Pipes come in order, each job's before the end of its request.
         self._fds.extend(fds)
         if not data:
             return False
@@ -141,11 +153,22 @@ class Spawner:
         if uid == 0 and os.geteuid() == 0 and not self.allow_root:
             self.send({"op": "refused", "job": job_id, "error": "jobs may not run as root"})
             return
-        report_read, report_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            report_read, report_write = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            self.send({"op": "refused", "job": job_id, "error": f"no pipe: {e.strerror}"})
+            return
         # Blocked across the fork: a cancel that reaches the child before it
         # has reset our no-op handlers stays pending until it has.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:  # out of processes or memory (a job can cause it)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            os.close(report_read)
+            os.close(report_write)
+            self.send({"op": "refused", "job": job_id, "error": f"cannot fork: {e.strerror}"})
+            return
         if pid == 0:  # pragma: no cover - the child; it only ever execs or exits
             os.close(report_read)
             _become_job(request, fds, report_write, previous)
@@ -197,44 +220,77 @@ class Spawner:
             if pid == 0:
                 break
             reaped = True
-            job_id = self.job_of_pid.pop(pid, None)
-            if job_id is None:
-                continue  # a leftover of an ended job
-            if job_id in self.execing:
-                self.exec_reported(job_id)  # its pipe is closed: read it first
-            if self.jobs.pop(job_id, None) is None:
-                continue  # refused before exec: already answered
-            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-            signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-            self.send({"op": "exited", "job": job_id, "code": code, "signal": signum})
+            if pid in self.job_of_pid:
+                self._job_exited(pid, status)
+            # else: a leftover of an ended job
         if reaped:
             self.kill_leftovers()
+
+    def _job_exited(self, pid: int, status: int) -> None:
+        job_id = self.job_of_pid.pop(pid)
+        if job_id in self.execing:
+            self.exec_reported(job_id)  # its pipe is closed: read it first
+        if self.jobs.pop(job_id, None) is None:
+            return  # refused before exec: already answered
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        self.send({"op": "exited", "job": job_id, "code": code, "signal": signum})
 
     def kill_leftovers(self) -> None:
         """SIGKILL every child that is not a live job's first process.
 
         While a job's first process runs it is the subreaper of everything
-        it starts; only once it exits do its leftovers become ours.
+        it starts; only once it exits do its leftovers become ours. Each one
+        killed hands us its own children, so this goes round until none is
+        left (a bounded number of rounds; SIGCHLD brings us back anyway).
         """
-        for pid in _children():
-            if pid not in self.job_of_pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for _ in range(_KILL_ROUNDS):
+            leftovers = {pid for pid in _children() if pid not in self.job_of_pid}
+            if not leftovers:
+                return
+            for pid in leftovers:
+                _kill(pid)
+            self._reap(leftovers)
+
+    def _reap(self, killed: set[int]) -> None:
+        """Wait (briefly) for these killed leftovers, so their children come to us."""
+        deadline = time.monotonic() + 0.02
+        while killed and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.0005)
+            elif pid in self.job_of_pid:
+                self._job_exited(pid, status)
+            else:
+                killed.discard(pid)
 
     def kill_everything(self) -> None:
-        """The daemon went away: end every job and everything they started."""
+        """The daemon went away: end every job and everything they started.
+
+        Goes on until we have no child left (each one killed hands us its
+        own), for at most a few seconds.
+        """
         for pid in self.jobs.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in _children():
+        deadline = time.monotonic() + _KILL_EVERYTHING_SECONDS
+        while time.monotonic() < deadline:
+            for pid in _children():
+                _kill(pid)
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # nothing left
+            if pid == 0:
+                time.sleep(0.002)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _become_job(
@@ -278,6 +334,10 @@ def _become_job(
         # The argv form is the point: the client names the program.
         os.execvpe(request["argv"][0], request["argv"], request["env"])  # noqa: S606
     except OSError as e:
+        if step == "exec" and e.errno == errno.ENOENT and _on_path(request):
+            # Looked up as the job's user, after the switch: nothing the
+            # job could not see itself is revealed.
+            step = "interpreter"
         os.write(report, f"{step}:{e.errno or 0}".encode())
     except BaseException:  # nothing may escape a forked child
         os.write(report, b"setup:0")
@@ -289,28 +349,30 @@ def _refusal(why: str, request: dict[str, Any]) -> str:
     step, _, number = why.partition(":")
     code = int(number) if number.isdigit() else 0
     reason = os.strerror(code) if code else "failed"
-    program = request["argv"][0]
+    # Bounded: a client-chosen program or directory name comes back here.
+    program = _short(request["argv"][0])
     if step == "chdir":
-        return f"working directory {request['cwd']}: {reason}"
+        return f"working directory {_short(request['cwd'])}: {reason}"
+    if step == "interpreter":
+        return f"{program}: its interpreter was not found"
     if step == "exec" and code == errno.ENOENT:
-        found = _on_path(program, request["env"])
-        if found is not None:
-            return f"{found}: its interpreter was not found"
         return f"{program}: executable not found"
     if step == "exec":
         return f"{program}: {reason}"
     return f"the job could not be set up: {reason}"
 
 
-def _on_path(program: str, env: dict[str, str]) -> str | None:
-    """The file exec would have found for C{program}, if one exists."""
+def _short(text: str) -> str:
+    return text if len(text) <= _NAME_CHARS else text[:_NAME_CHARS] + "…"
+
+
+def _on_path(request: dict[str, Any]) -> bool:
+    """Whether the file exec looked for exists (then its #! interpreter is missing)."""
+    program: str = request["argv"][0]
     if "/" in program:
-        return program if os.path.exists(program) else None
-    for directory in env.get("PATH", os.defpath).split(":"):
-        candidate = os.path.join(directory or ".", program)
-        if os.path.exists(candidate):
-            return candidate
-    return None
+        return os.path.exists(program)
+    directories = request["env"].get("PATH", os.defpath).split(":")
+    return any(os.path.exists(os.path.join(d or ".", program)) for d in directories)
 
 
 def _children_listing() -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -31,8 +32,10 @@ from cmdd.runner import JobProcess, ProcessExit
 
 log = Logger()
 
-#: Seconds before a spawner that died is started again.
+#: Seconds before a spawner that died at once is started again.
 RESTART_SECONDS = 1.0
+#: Seconds a spawner whose socket closed has to end its jobs and exit.
+STOP_SECONDS = 10.0
 #: Longest spawner stderr line logged (the rest is cut).
 _LOG_LINE_BYTES = 2000
 
@@ -104,6 +107,8 @@ class SpawnerLink:
         self._in_flight: dict[int, tuple[int, ...]] = {}
         #: Spawn requests made while no spawner runs (between two).
         self._waiting: list[tuple[dict[str, Any], tuple[int, int, int], JobProcess]] = []
+        self._waiting_signals: dict[int, list[int]] = {}
+        self._kill_timers: dict[_SpawnerProcess, IDelayedCall] = {}
         self._stopping = False
         self._ended: list[Deferred[None]] = []
         self.starts = 0
@@ -133,8 +138,11 @@ class SpawnerLink:
             theirs.close()
         self.starts += 1
         waiting, self._waiting = self._waiting, []
+        signals, self._waiting_signals = self._waiting_signals, {}
         for request, fds, job in waiting:
             self.spawn(request, fds, job)
+            for signum in signals.get(job.job_id, []):
+                self.signal(job.job_id, signum)
 
     def stop(self) -> Deferred[None]:
         """Close the socket; the spawner kills what is left and exits."""
@@ -151,6 +159,7 @@ class SpawnerLink:
         self._ended.append(waiter)
         if self._control is not None and self._control.transport is not None:
             self._control.transport.loseConnection()
+        self._kill_later()
         return waiter
 
     # --- requests -------------------------------------------------------------
@@ -187,6 +196,8 @@ class SpawnerLink:
             control.sendString(
                 json.dumps({"op": "signal", "job": job_id, "signal": signum}).encode()
             )
+        elif any(job.job_id == job_id for _, _, job in self._waiting):
+            self._waiting_signals.setdefault(job_id, []).append(signum)
 
     # --- answers --------------------------------------------------------------
 
@@ -227,16 +238,28 @@ class SpawnerLink:
             return
         log.error("the job spawner went away; starting a new one")
         if self._process is not None:
-            with contextlib.suppress(ProcessExitedAlready):
-                self._process.signalProcess("KILL")
+            # With its socket closed it kills its jobs and exits by itself;
+            # a KILL now would leave their children behind. Only if it hangs:
+            self._kill_later()
+            self._watch = self._process = None
         if self._clock_seconds() - self._started_at < RESTART_SECONDS:
             # It dies at once: do not spin.
             self._reactor.callLater(RESTART_SECONDS, self._restart)
         else:
             self._restart()
 
+    def _kill_later(self) -> None:
+        """SIGKILL the current spawner if it has not exited in STOP_SECONDS."""
+        if self._watch is not None and self._watch not in self._kill_timers:
+            self._kill_timers[self._watch] = self._reactor.callLater(
+                STOP_SECONDS, _kill_if_running, self._process
+            )
+
     def process_ended(self, watch: _SpawnerProcess, reason: Failure) -> None:
         """A spawner exited (the current one, or one already replaced)."""
+        timer = self._kill_timers.pop(watch, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if watch is not self._watch:
             return
         self._watch = self._process = None
@@ -254,6 +277,11 @@ class SpawnerLink:
     def _clock_seconds(self) -> float:
         seconds: float = self._reactor.seconds()
         return seconds
+
+
+def _kill_if_running(process: Any) -> None:
+    with contextlib.suppress(ProcessExitedAlready):
+        process.signalProcess("KILL")
 
 
 def _int_or_none(value: object) -> int | None:

@@ -126,6 +126,11 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["run-as"] = []
+        self["job-writable"] = []
+
+    def opt_job_writable(self, path: str) -> None:
+        """A path an unprivileged daemon's sandboxed jobs may write (repeatable)."""
+        self["job-writable"].append(path)
 
     def opt_run_as(self, mapping: str) -> None:
         """CMDD_USER=UNIX_USER[,UNIX_USER]: allow running jobs as those users (repeatable)."""
@@ -148,6 +153,7 @@ class Options(usage.Options):
             overrides = {key.replace("-", "_"): self[key] for key in _SETTING_OPTIONS}
             overrides["listen"] = self["listen"] or None
             overrides["run_as"] = self["run-as"] or None
+            overrides["job_writable_paths"] = self["job-writable"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             overrides["journal_recover"] = True if self["journal-recover"] else None
             overrides["job_private_tmp"] = True if self["job-private-tmp"] else None

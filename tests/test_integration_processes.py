@@ -12,6 +12,7 @@ every wait polls with a deadline.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -29,7 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from cmdd import spawner
+from cmdd import runner, spawner
 from cmdd.errors import ClientError
 from cmdd.history import History
 from cmdd.isolation import spawner_command
@@ -93,14 +94,6 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if reactor.seconds() > deadline:
             raise AssertionError(f"gave up after {timeout}s waiting for {what}")
         await deferLater(reactor, 0.02, lambda: None)
-
-
-
-
-
-
-
-
 
 
 @implementer(IExecution)
@@ -653,9 +646,7 @@ async def test_cancel_of_a_job_that_exits_at_once(make_harness: Any) -> None:
 
 
 @bounded(30)
-async def test_cancel_ends_a_child_that_left_the_session(
-    make_harness: Any, tmp_path: Path
-) -> None:
+async def test_cancel_ends_a_child_that_left_the_session(make_harness: Any, tmp_path: Path) -> None:
     """A child that moved to its own session (setsid) is gone after cancel too."""
     harness = make_harness()
     escaped = tmp_path / "escaped"
@@ -713,3 +704,51 @@ async def test_a_dead_spawner_fails_its_jobs_and_is_replaced(
     follower = await harness.run(command="echo next")
     assert follower.state is State.SUCCEEDED
     assert harness.output(follower.id, "stdout") == b"next\n"
+
+
+@bounded(30)
+async def test_a_huge_program_name_is_refused_and_harms_no_other_job(make_harness: Any) -> None:
+    """A client-chosen name echoed in a refusal is cut short: the answer stays
+    small, and the spawner (with every other running job) carries on."""
+    harness = make_harness()
+    sleeper = await harness.submit(command="sleep 600")
+    execution = await harness.wait_spawned(sleeper.id)
+    await until(lambda: execution.pid > 0, 10, "the sleeper to start")
+    job = await harness.run(command_line=["x" * 70000])
+    assert job.state is State.NOT_EXECUTED
+    assert job.outcome is not None and job.outcome.reason is not None
+    assert job.outcome.reason.endswith("…: File name too long"), job.outcome.reason
+    assert len(job.outcome.reason) < 300
+    assert harness.manager.get(sleeper.id).state is State.RUNNING
+    ended = await within(10, harness.manager.cancel(sleeper.id))
+    assert ended.state is State.CANCELLED and ended.outcome is not None
+    assert ended.outcome.signal == signal.SIGTERM, "it was still the spawner's job"
+
+
+@bounded(30)
+async def test_out_of_descriptors_a_job_is_not_executed_and_nothing_leaks(
+    make_harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the daemon runs out of descriptors (EMFILE) making a job's pipes, the
+    job ends not_executed at once (never stuck running), no descriptor leaks,
+    and the next job runs."""
+    harness = make_harness()
+    await harness.run(command="true")
+    before = len(os.listdir("/proc/self/fd"))
+    real_pipe2 = os.pipe2
+    calls = []
+
+    def pipe2_then_emfile(flags: int) -> tuple[int, int]:
+        calls.append(flags)
+        if len(calls) == 3:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_pipe2(flags)
+
+    monkeypatch.setattr(runner.os, "pipe2", pipe2_then_emfile)
+    job = await harness.run(command="echo never")
+    monkeypatch.undo()
+    assert job.state is State.NOT_EXECUTED
+    assert job.outcome is not None and "Too many open files" in (job.outcome.reason or "")
+    assert len(os.listdir("/proc/self/fd")) == before
+    follower = await harness.run(command="echo next")
+    assert follower.state is State.SUCCEEDED

@@ -49,6 +49,12 @@ try read-environ-of-daemon cat "/proc/$daemon/environ"
 try read-fds-of-daemon ls "/proc/$daemon/fd"
 try signal-daemon kill -0 "$daemon"
 try is-root sh -c 'test "$(id -u)" = 0'
+try move-data-dir mv "$d" "$d.moved"
+try move-data-parent mv "$(dirname "$d")" "$(dirname "$d").moved"
+# kill(2) may "succeed" and be ignored (a PID namespace's init): look at the effect.
+kill -STOP 1 "$PPID" 2>/dev/null; sleep 0.2
+try stop-spawner grep -q '^State:[[:space:]]*T' /proc/1/status "/proc/$PPID/status"
+kill -KILL 1 "$PPID" 2>/dev/null
 echo done
 """
 
@@ -83,10 +89,15 @@ def attack(daemon: Daemon) -> list[str]:
 
 
 def unharmed(daemon: Daemon) -> None:
-    """The daemon still serves and nothing was planted in its data directory."""
+    """The daemon still serves, its data directory is where it was with nothing
+    planted, and the spawner still runs jobs."""
     assert daemon.process is not None and daemon.process.poll() is None
     assert daemon.get("/healthz")[0] == 200
+    assert (daemon.data_dir / "journal.jsonl").exists(), "the data directory was moved"
     assert not (daemon.data_dir / "planted").exists()
+    status, job = daemon.request("POST", "/api/jobs", {"command": "echo still", "timeout": 10})
+    assert status == 202, job
+    assert wait_result(daemon, job["id"], timeout=10)["stdout"] == "still\n"
 
 
 @pytest.fixture
@@ -285,10 +296,15 @@ def test_nothing_of_a_job_survives_cancel_or_the_daemons_death(
         while _host_processes_with(marker):
             assert time.monotonic() < deadline, "a process of the cancelled job survived"
             time.sleep(0.05)
-        status, job = daemon.request("POST", "/api/jobs", {"command": f"sleep {marker}.3"})
+        # A chain of sessions, each started by the one before.
+        chain = (
+            f'setsid sh -c \'setsid sh -c "setsid sleep {marker}.6 & exec sleep {marker}.5"'
+            f" & exec sleep {marker}.4' & sleep {marker}.3"
+        )
+        status, job = daemon.request("POST", "/api/jobs", {"command": chain})
         assert status == 202
         deadline = time.monotonic() + 10
-        while not _host_processes_with(marker):
+        while len(_host_processes_with(marker)) < 4:
             assert time.monotonic() < deadline, "the second job did not start"
             time.sleep(0.05)
         daemon.kill9()

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from cmdd.config import ConfigError, build_settings
-from cmdd.isolation import Sandbox, hidden_files, spawner_command, without_isolation_warning
+from cmdd.isolation import (
+    Sandbox,
+    ancestors,
+    hidden_files,
+    spawner_command,
+    without_isolation_warning,
+)
 
 
 def test_the_sandbox_covers_the_data_directory_and_key_files_read_only() -> None:
@@ -26,14 +32,13 @@ def test_the_sandbox_covers_the_data_directory_and_key_files_read_only() -> None
 
 
 def test_a_root_spawner_keeps_only_the_capabilities_it_needs() -> None:
-    """As root, bwrap drops every capability but switching users, signalling and
-    looking up directories."""
+    """As root, bwrap drops every capability but switching users and signalling."""
     argv = Sandbox("/usr/bin/bwrap", ("/d",), network=False, private_tmp=True).arguments(
         as_root=True
     )
     added = {argv[i + 1] for i, arg in enumerate(argv) if arg == "--cap-add"}
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
-    assert added == {"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH"}
+    assert added == {"CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
     assert "--unshare-net" in argv
     assert "--tmpfs /tmp" in " ".join(argv)
 
@@ -93,3 +98,37 @@ def test_isolation_settings_are_checked() -> None:
         build_settings({"job_sandbox": "docker"}, {})
     with pytest.raises(ConfigError, match="job_user"):
         build_settings({"job_user": ""}, {})
+
+
+def test_an_unprivileged_daemons_jobs_get_a_read_only_host() -> None:
+    """Jobs sharing the daemon's uid see the host read-only but for the writable
+    paths, and the spawner is PID 1 of the sandbox."""
+    argv = Sandbox(
+        "/usr/bin/bwrap", ("/srv/cmdd/data",), read_only=True, writable=("/tmp", "/srv/builds")
+    ).arguments(as_root=False)
+    joined = " ".join(argv)
+    assert "--ro-bind / /" in joined
+    assert "--bind /tmp /tmp" in joined and "--bind /srv/builds /srv/builds" in joined
+    assert "--as-pid-1" in argv
+
+
+def test_every_ancestor_of_the_data_directory_becomes_a_mount_point() -> None:
+    """A mount point cannot be renamed or replaced: no job can swap a directory
+    above the data directory for one of its own. Ancestors keep their access."""
+    argv = Sandbox(
+        "/usr/bin/bwrap", ("/tmp/x/cmdd-data",), read_only=True, writable=("/tmp",)
+    ).arguments(as_root=False)
+    joined = " ".join(argv)
+    assert "--bind /tmp/x /tmp/x" in joined, "inside a writable path: stays writable"
+    assert joined.index("--bind /tmp/x /tmp/x") < joined.index("--tmpfs /tmp/x/cmdd-data")
+    home = Sandbox("/usr/bin/bwrap", ("/home/ci/cmdd-data",), read_only=True).arguments(
+        as_root=False
+    )
+    assert "--ro-bind /home /home --ro-bind /home/ci /home/ci" in " ".join(home)
+    assert ancestors(["/a/b/c", "/a/d"]) == ["/a", "/a/b"]
+
+
+def test_with_a_private_tmp_no_host_directory_under_tmp_is_brought_back() -> None:
+    """Binding an ancestor under /tmp would show the host's /tmp again."""
+    argv = Sandbox("/usr/bin/bwrap", ("/tmp/x/data",), private_tmp=True).arguments(as_root=True)
+    assert "/tmp/x" not in argv
