@@ -162,6 +162,11 @@ class SpawnerLink:
         self._kill_later()
         return waiter
 
+    @property
+    def running(self) -> bool:
+        """Whether a spawner is connected now (requests made meanwhile wait)."""
+        return self._control is not None
+
     # --- requests -------------------------------------------------------------
 
     def spawn(self, request: dict[str, Any], fds: tuple[int, int, int], job: JobProcess) -> None:

@@ -752,3 +752,24 @@ async def test_out_of_descriptors_a_job_is_not_executed_and_nothing_leaks(
     assert len(os.listdir("/proc/self/fd")) == before
     follower = await harness.run(command="echo next")
     assert follower.state is State.SUCCEEDED
+
+
+@bounded(30)
+async def test_a_cancel_waits_with_its_job_for_a_restarting_spawner(
+    make_harness: Any, tmp_path: Path
+) -> None:
+    """A spawner that dies right after it started is restarted after a pause;
+    a job submitted and cancelled meanwhile is spawned then and gets its
+    SIGTERM (the cancel is not lost while it waited)."""
+    harness = make_harness(kill_grace=30)
+    first = await harness.run(command="echo $PPID")
+    os.kill(int(harness.output(first.id, "stdout")), signal.SIGKILL)
+    second = await harness.run(command="echo $PPID")
+    assert second.state is State.SUCCEEDED, "the first restart is at once"
+    os.kill(int(harness.output(second.id, "stdout")), signal.SIGKILL)
+    await until(lambda: harness.spawner.starts == 2 and not harness.spawner.running, 5, "its end")
+    job = await harness.submit(command="sleep 600")
+    await harness.wait_spawned(job.id)
+    ended = await within(10, harness.manager.cancel(job.id))
+    assert ended.state is State.CANCELLED and ended.outcome is not None
+    assert ended.outcome.signal == signal.SIGTERM, "SIGTERM, not the KILL after the grace"
