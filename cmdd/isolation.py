@@ -35,7 +35,9 @@ class Sandbox:
         directory). Each of their ancestors becomes a mount point of its own,
         so that no job can rename or replace one and make the daemon's next
         open by path land in a directory the job made.
-    @ivar hidden_files: covered by an empty file (key files elsewhere).
+    @ivar hidden_files: covered by an empty file (key files elsewhere); their
+        ancestors become mount points too, so no job can plant a key and
+        certificate the daemon would load on SIGHUP.
     @ivar private_tmp: give jobs their own empty C{/tmp}.
     @ivar network: whether jobs keep the host's network.
     @ivar read_only: the host's file system is read-only to jobs, except
@@ -66,11 +68,14 @@ class Sandbox:
         if self.read_only:
             for path in self.writable:
                 argv += ["--bind", path, path]
-        argv += ["--dev-bind", "/dev", "/dev", "--proc", "/proc"]
+        # An unprivileged daemon's jobs get a fresh minimal /dev (its own
+        # /dev/shm); a root daemon's jobs, other users, keep the host's.
+        argv += ["--dev", "/dev"] if self.read_only else ["--dev-bind", "/dev", "/dev"]
+        argv += ["--proc", "/proc"]
         if self.private_tmp:
             # Sticky and world-writable, like a real /tmp (bwrap's default is 0755).
             argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 (a mount point)
-        for ancestor in ancestors(self.hidden_directories):
+        for ancestor in ancestors((*self.hidden_directories, *self.hidden_files)):
             if self.private_tmp and _within(ancestor, "/tmp"):  # noqa: S108 (a mount point)
                 continue  # on the jobs' own /tmp: the daemon never sees it
             writable = not self.read_only or any(_within(ancestor, w) for w in self.writable)

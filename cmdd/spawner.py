@@ -56,6 +56,8 @@ _JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: Longest client-chosen name echoed in an answer.
 _NAME_CHARS = 200
 _KILL_ROUNDS = 20
+#: Most processes looked at in one kill (a job's pid limit bounds it anyway).
+_MAX_TREE = 100_000
 _KILL_EVERYTHING_SECONDS = 5.0
 #: Descriptors above this are not expected; closerange is one syscall anyway.
 _MAX_FD = 1 << 20
@@ -237,55 +239,81 @@ class Spawner:
         self.send({"op": "exited", "job": job_id, "code": code, "signal": signum})
 
     def kill_leftovers(self) -> None:
-        """SIGKILL every child that is not a live job's first process.
+        """Kill every child that is not a live job's first process, with all
+        its descendants.
 
         While a job's first process runs it is the subreaper of everything
-        it starts; only once it exits do its leftovers become ours. Each one
-        killed hands us its own children, so this goes round until none is
-        left (a bounded number of rounds; SIGCHLD brings us back anyway).
+        it starts; only once it exits do its leftovers become ours. Never
+        waits: the SIGCHLD of what dies brings us back to reap it (a job
+        can keep a killed process unreapable, so waiting here would let it
+        stall every other job).
         """
-        for _ in range(_KILL_ROUNDS):
-            leftovers = {pid for pid in _children() if pid not in self.job_of_pid}
-            if not leftovers:
-                return
-            for pid in leftovers:
-                _kill(pid)
-            self._reap(leftovers)
-
-    def _reap(self, killed: set[int]) -> None:
-        """Wait (briefly) for these killed leftovers, so their children come to us."""
-        deadline = time.monotonic() + 0.02
-        while killed and time.monotonic() < deadline:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                time.sleep(0.0005)
-            elif pid in self.job_of_pid:
-                self._job_exited(pid, status)
-            else:
-                killed.discard(pid)
+        leftovers = [pid for pid in _children() if pid not in self.job_of_pid]
+        if leftovers:
+            _kill_trees(leftovers)
 
     def kill_everything(self) -> None:
-        """The daemon went away: end every job and everything they started.
-
-        Goes on until we have no child left (each one killed hands us its
-        own), for at most a few seconds.
-        """
-        for pid in self.jobs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        """The daemon went away: end every job and everything they started,
+        until we have no child left (for at most a few seconds)."""
         deadline = time.monotonic() + _KILL_EVERYTHING_SECONDS
         while time.monotonic() < deadline:
-            for pid in _children():
-                _kill(pid)
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return  # nothing left
-            if pid == 0:
+            _kill_trees(_children())
+            reaped = False
+            while True:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return  # nothing left
+                if pid == 0:
+                    break
+                reaped = True
+            if not reaped:
                 time.sleep(0.002)
+
+
+def _kill_trees(roots: list[int]) -> None:
+    """SIGKILL these processes and every descendant, stopping them first.
+
+    A stopped process cannot fork, so a tree that keeps re-growing (a fork
+    chain) is frozen whole, then killed whole, instead of losing one level
+    per round.
+    """
+    stopped: set[int] = set()
+    for _ in range(_KILL_ROUNDS):
+        tree = _descendants(roots)
+        fresh = [pid for pid in tree if pid not in stopped]
+        if not fresh:
+            break
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped.update(fresh)
+    for pid in stopped:
+        _kill(pid)
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    """These processes and all below them (through every thread's children)."""
+    found: list[int] = []
+    seen: set[int] = set()
+    pending = list(roots)
+    while pending and len(found) < _MAX_TREE:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        found.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children", "rb") as listing:
+                    pending.extend(int(child) for child in listing.read().split())
+            except OSError:
+                continue
+    return found
 
 
 def _kill(pid: int) -> None:
