@@ -24,6 +24,7 @@ from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.follow import follow, parse_range
 from cmdd.jobs import Job, State
+from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
 from cmdd.openapi import description
 from cmdd.query import parse_query, run_query, trim
@@ -104,11 +105,17 @@ class CmddAPI:
         run_blocking: BlockingRunner,
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
+        readiness: Readiness | None = None,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
         self._accounts = accounts
         self._run_as = run_as
+        if readiness is None:
+            # Without a composition root saying otherwise (tests): ready.
+            readiness = Readiness()
+            readiness.ready()
+        self._readiness = readiness
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -375,6 +382,20 @@ class CmddAPI:
                 "running": self._manager.running_count,
                 "queued": self._manager.queued_count,
             },
+        )
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: IRequest) -> bytes:
+        state = self._readiness.state
+        if self._readiness.is_ready and not self._manager.stopping:
+            return respond_json(request, {"status": "ready"})
+        if state == READY:
+            state = DRAINING
+        return respond_json(
+            request,
+            {"status": state},
+            503,
+            {"Retry-After": "5", "Cache-Control": "no-store"},
         )
 
     @app.route("/metrics", methods=["GET"])
