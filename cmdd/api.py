@@ -37,6 +37,7 @@ from cmdd.representations import (
     status_json,
     token_json,
 )
+from cmdd.results import stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.web import read_json, respond_json
@@ -297,17 +298,16 @@ class CmddAPI:
                 status=404,
                 headers={"Retry-After": "1"},
             )
-        texts = []
-        for stream, size in (
-            ("stdout", job.outcome.stdout_bytes),
-            ("stderr", job.outcome.stderr_bytes),
-        ):
-            data = b""
-            if size:
-                path = output_path(self._manager.output_dir, job.id, stream)
-                data = await self._run_blocking(read_output, path)
-            texts.append(data.decode("utf-8", "replace"))
-        return respond_json(request, result_json(job, texts[0], texts[1]), etag=True)
+        # Streamed from the files: memory per response is one chunk, however
+        # big the output (see cmdd.results).
+        streams = [
+            (stream, output_path(self._manager.output_dir, job.id, stream), size)
+            for stream, size in (
+                ("stdout", job.outcome.stdout_bytes),
+                ("stderr", job.outcome.stderr_bytes),
+            )
+        ]
+        return await stream_result(request, result_json(job), streams, self._run_blocking)
 
     # --- tokens ----------------------------------------------------------
 
