@@ -39,7 +39,9 @@ from cmdd.config import (
 )
 from cmdd.history import History, Retention
 from cmdd.jobhost import StartupError, make_executor
+from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
+from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
 from cmdd.manager import JobManager, Limits
 from cmdd.spawnerlink import SpawnerLink
@@ -346,6 +348,7 @@ class CmddService(MultiService):
         report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
         self.journal.seq = report.last_seq
         self.journal.open()
+        self._end_leftovers()
         self.manager.adopt_history()
         log.info(
             "journal {path}: {records} records, {jobs} jobs, next id {next_id}",
@@ -357,6 +360,20 @@ class CmddService(MultiService):
         if report.quarantined:
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
+
+    def _end_leftovers(self) -> None:
+        # Jobs recorded as running are about to be marked lost; whatever of
+        # them outlived the last daemon (see cmdd.leftovers) must not run on.
+        running = [job.id for job in self.store.oldest_first() if job.state is State.RUNNING]
+        killed = end_leftovers(instance_of(self.settings.data_dir), running)
+        for job_id, pids in sorted(killed.items()):
+            log.warn(
+                "job {job_id}: killed {count} process(es) the previous daemon left "
+                "running (pids {pids}); the job is lost",
+                job_id=job_id,
+                count=len(pids),
+                pids=" ".join(map(str, sorted(pids))),
+            )
 
     def _endpoint(self, description: str) -> Any:
         """An endpoint for C{description}; C{ssl:} ones get cmdd's hardened,

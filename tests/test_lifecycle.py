@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from procs import children_of, is_alive
 from test_integration_daemon import (
     KILL_GRACE,
     TWISTD,
@@ -234,3 +236,52 @@ def test_jobs_running_past_the_grace_are_cancelled_and_recorded(tmp_path: Path) 
             assert job["reason"] == "the daemon stopped (stop_grace of 2 s passed)"
     finally:
         restarted.stop()
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes whose command line holds C{marker}."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    command = cmdline.read()
+            except OSError:
+                continue
+            if marker.encode() in command and is_alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_what_outlives_daemon_and_spawner_is_killed_at_restart(tmp_path: Path) -> None:
+    """Without a sandbox, killing the daemon and its spawner together (-9)
+    leaves the job's children running; the next start kills them (by the
+    job's CMDD_RUN marker), logs it, and records the job lost."""
+    data_dir = tmp_path / "data"
+    marker = f"{secrets.randbelow(10**6) + 10**6}"
+    crashed = launch(tmp_path, _serving(data_dir, job_sandbox="off"))
+    try:
+        job_id = crashed.submit({"command": f"setsid sleep {marker}.1 & sleep {marker}.2"}).json()[
+            "id"
+        ]
+        wait_until(lambda: len(_processes_with(marker)) >= 2, 15, "the job's processes")
+        spawners = children_of(crashed.process.pid)
+        crashed.process.kill()
+        for spawner in spawners:
+            os.kill(spawner, signal.SIGKILL)
+        crashed.process.wait(10)
+        time.sleep(1)
+        assert len(_processes_with(marker)) == 2, "the case the spawner cannot cover"
+        restarted = launch(tmp_path, _serving(data_dir), ports=crashed.ports)
+        try:
+            wait_until(lambda: not _processes_with(marker), 5, "the leftovers to be killed")
+            job = restarted.job(job_id)
+            log_text = restarted.log_text()
+        finally:
+            restarted.stop()
+    finally:
+        crashed.stop()
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert job["state"] == "lost"
+    assert f"job {job_id}: killed 2 process(es) the previous daemon left running" in log_text
