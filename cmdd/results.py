@@ -83,6 +83,8 @@ async def stream_result(
         return b""
     request.setResponseCode(200)
     request.setHeader(b"content-type", JSON_TYPE)
+    if request.method == b"HEAD":
+        return b""  # the headers are the answer; do not read the files
     flow = Flow()
     consumer: Any = request  # twisted.web's Request is an IConsumer; IRequest omits it
     consumer.registerProducer(flow, True)

@@ -86,3 +86,13 @@ def test_an_empty_output_is_an_empty_string(client: Client) -> None:
     _, content = client.request("GET", "/api/results/1")
     result = json.loads(content)
     assert (result["stdout"], result["stderr"]) == ("", "")
+
+
+def test_head_of_a_result_is_headers_only(client: Client) -> None:
+    """HEAD answers 200 with the ETag and no body (the output is not read)."""
+    client.json("POST", "/api/jobs", {"command": "echo"})
+    client.clock.advance(0)
+    client.executor.by_job(1).finish(0, stdout=b"hello\n")
+    response, content = client.request("HEAD", "/api/results/1")
+    assert response.code == 200 and content == b""
+    assert response.headers.getRawHeaders("etag")
