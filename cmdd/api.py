@@ -24,6 +24,7 @@ from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.follow import follow, parse_range
 from cmdd.jobs import Job, State
+from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
 from cmdd.openapi import description
 from cmdd.query import parse_query, run_query, trim
@@ -36,6 +37,7 @@ from cmdd.representations import (
     status_json,
     token_json,
 )
+from cmdd.results import stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.web import read_json, respond_json
@@ -104,11 +106,17 @@ class CmddAPI:
         run_blocking: BlockingRunner,
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
+        readiness: Readiness | None = None,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
         self._accounts = accounts
         self._run_as = run_as
+        if readiness is None:
+            # Without a composition root saying otherwise (tests): ready.
+            readiness = Readiness()
+            readiness.ready()
+        self._readiness = readiness
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -290,17 +298,16 @@ class CmddAPI:
                 status=404,
                 headers={"Retry-After": "1"},
             )
-        texts = []
-        for stream, size in (
-            ("stdout", job.outcome.stdout_bytes),
-            ("stderr", job.outcome.stderr_bytes),
-        ):
-            data = b""
-            if size:
-                path = output_path(self._manager.output_dir, job.id, stream)
-                data = await self._run_blocking(read_output, path)
-            texts.append(data.decode("utf-8", "replace"))
-        return respond_json(request, result_json(job, texts[0], texts[1]), etag=True)
+        # Streamed from the files: memory per response is one chunk, however
+        # big the output (see cmdd.results).
+        streams = [
+            (stream, output_path(self._manager.output_dir, job.id, stream), size)
+            for stream, size in (
+                ("stdout", job.outcome.stdout_bytes),
+                ("stderr", job.outcome.stderr_bytes),
+            )
+        ]
+        return await stream_result(request, result_json(job), streams, self._run_blocking)
 
     # --- tokens ----------------------------------------------------------
 
@@ -375,6 +382,20 @@ class CmddAPI:
                 "running": self._manager.running_count,
                 "queued": self._manager.queued_count,
             },
+        )
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: IRequest) -> bytes:
+        state = self._readiness.state
+        if self._readiness.is_ready and not self._manager.stopping:
+            return respond_json(request, {"status": "ready"})
+        if state == READY:
+            state = DRAINING
+        return respond_json(
+            request,
+            {"status": state},
+            503,
+            {"Retry-After": "5", "Cache-Control": "no-store"},
         )
 
     @app.route("/metrics", methods=["GET"])

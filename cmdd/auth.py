@@ -40,7 +40,7 @@ log = Logger()
 
 REALM = "cmdd"
 BASIC_PATHS = frozenset({(b"POST", b"/api/tokens")})
-PUBLIC_PATHS = frozenset({b"/healthz"})
+PUBLIC_PATHS = frozenset({b"/healthz", b"/readyz"})
 #: Roles that may read C{GET /metrics}.
 METRICS_READERS = frozenset({"admin", "metrics"})
 #: What the C{metrics} role may do: read metrics and the API description,

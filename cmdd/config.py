@@ -35,6 +35,8 @@ class Settings:
     max_body_bytes: int = MIB
     default_timeout: float | None = None
     kill_grace: float = 5.0
+    #: Seconds a stop (SIGTERM/SIGINT) lets running jobs finish before ending them.
+    stop_grace: float = 30.0
     idle_timeout: float = 60.0
     journal_fsync: str = "always"
     journal_recover: bool = False
@@ -93,6 +95,7 @@ KEYS = frozenset(
         "job_user",
         "job_sandbox",
         "job_writable_paths",
+        "stop_grace",
         *_BOOLS,
         *_INTS,
         *_FLOATS,
@@ -172,6 +175,10 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
     for key in _FLOATS:
         if key in merged:
             values[key] = _number(key, merged[key], float)
+    if "stop_grace" in merged:
+        # 0 is allowed: end running jobs at once, as a stop did before drains.
+        value = merged["stop_grace"]
+        values["stop_grace"] = 0.0 if _is_zero(value) else _number("stop_grace", value, float)
     settings = Settings(**values)
     if not settings.allow_root_jobs:
         if settings.job_user == "root":
@@ -202,6 +209,15 @@ def _run_as(value: object) -> frozenset[tuple[str, str]]:
             raise ConfigError(f"run_as.{name} must be a list of Unix user names")
         pairs.update((name, user) for user in users)
     return frozenset(pairs)
+
+
+def _is_zero(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return False
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
 
 
 def _number(key: str, value: object, kind: type[int] | type[float]) -> int | float:

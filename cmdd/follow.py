@@ -60,8 +60,9 @@ def _unsatisfiable(size: int) -> ClientError:
 
 
 @implementer(IPushProducer)
-class _Flow:
-    """Tracks whether the client's connection wants more data."""
+class Flow:
+    """Tracks whether the client's connection wants more data (a push
+    producer registered on the request; also used by L{cmdd.results})."""
 
     def __init__(self) -> None:
         self.paused = False
@@ -111,7 +112,7 @@ async def follow(
 ) -> bytes:
     """Write the output from C{offset} as it is produced; return once the job
     has ended and everything was sent (or the client went away)."""
-    flow = _Flow()
+    flow = Flow()
     consumer: Any = request  # twisted.web's Request is an IConsumer; IRequest omits it
     consumer.registerProducer(flow, True)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")

@@ -25,6 +25,7 @@ from cmdd.isolation import (
     spawner_command,
     without_isolation_warning,
 )
+from cmdd.leftovers import instance_of
 from cmdd.runner import Identity, LocalExecutor, SpawnError
 from cmdd.spawnerlink import SpawnerLink
 
@@ -197,7 +198,13 @@ def make_executor(
         _command(sandbox, as_root, settings.allow_root_jobs, check=False),
         SPAWNER_ENVIRONMENT,
     )
-    executor = LocalExecutor(reactor, link, identity, Identities(settings.allow_root_jobs))
+    executor = LocalExecutor(
+        reactor,
+        link,
+        identity,
+        Identities(settings.allow_root_jobs),
+        instance=instance_of(settings.data_dir),
+    )
     summary = (
         f"jobs run as {identity.name}"
         + (" (the daemon's own user)" if identity.uid is None else "")

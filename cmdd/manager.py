@@ -37,6 +37,8 @@ class Limits:
     max_output_bytes: int = 16 * 1024 * 1024
     default_timeout: float | None = None
     kill_grace: float = 5.0
+    #: Seconds a stop waits for running jobs to finish before ending them.
+    stop_grace: float = 30.0
 
 
 @attrs.define(eq=False)
@@ -84,6 +86,7 @@ class JobManager(Service):
         self._output_waiters: dict[int, list[Deferred[None]]] = {}
         self._pump_call: IDelayedCall | None = None
         self._stopping = False
+        self._grace_call: IDelayedCall | None = None
         self.submitted_total = 0
         self.store.add_listener(self._job_changed)
 
@@ -261,20 +264,52 @@ class JobManager(Service):
         self._stopping = False
         self._schedule_pump()
 
+    @property
+    def stopping(self) -> bool:
+        """True from the start of a stop (drain) on: no job is accepted or started."""
+        return self._stopping
+
     def stopService(self) -> Deferred[None]:
-        """Stop starting jobs, end the running ones (TERM, grace, KILL)."""
+        """Drain: accept and start no more jobs, let the running ones finish
+        for up to C{limits.stop_grace} seconds, then end the rest (TERM,
+        C{kill_grace}, KILL), recorded as cancelled. Queued jobs stay queued
+        for the next start. Fires once every running job's end is recorded.
+        """
         super().stopService()
         self._stopping = True
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
-        ending = []
-        for run in list(self._running.values()):
-            if run.exit is None:
-                run.cancel_reason = run.cancel_reason or "the daemon stopped"
-            ending.append(self.when_final(run.job_id))
-            self._terminate(run)
+        ending = [self.when_final(job_id) for job_id in list(self._running)]
         done: Deferred[Any] = DeferredList(ending, consumeErrors=True)
-        return done.addCallback(lambda _: None)
+        if ending:
+            grace = self.limits.stop_grace
+            log.info(
+                "stopping: waiting up to {grace} s for {count} running job(s) to finish",
+                grace=grace,
+                count=len(ending),
+            )
+            self._grace_call = self.clock.callLater(
+                grace, self.stop_now, f"stop_grace of {grace:g} s passed"
+            )
+        return done.addCallback(self._drained)
+
+    def stop_now(self, why: str) -> None:
+        """During a stop: end every running job at once (the grace period is
+        over, or the operator asked again). Their outcome is C{cancelled}
+        with the reason "the daemon stopped (C{why})"."""
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+        for run in list(self._running.values()):
+            if run.exit is None and run.cancel_reason is None:
+                log.info("stopping: ending job {job_id} ({why})", job_id=run.job_id, why=why)
+                run.cancel_reason = f"the daemon stopped ({why})"
+            self._terminate(run)
+
+    def _drained(self, _: object) -> None:
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
 
     # --- internals ---------------------------------------------------------
 

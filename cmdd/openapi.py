@@ -296,6 +296,13 @@ def description() -> dict[str, Any]:
             "get": {"summary": "liveness (no token needed)", "security": [],
                     "responses": {"200": _json({"type": "object"}, "ok")}}
         },
+        "/readyz": {
+            "get": {"summary": "readiness (no token needed): 503 with Retry-After while "
+                               "starting or draining",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"}, "ready"),
+                                  "503": _json({"type": "object"}, "starting or draining")}}
+        },
         "/metrics": {
             "get": {"summary": "Prometheus metrics (roles admin and metrics only)",
                     "responses": {"200": {"description": "text exposition format",

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from cmdd.leftovers import MARKER, marker_value
 from cmdd.spec import JobSpec
 from cmdd.spool import OutputSpool
 
@@ -241,6 +242,8 @@ class LocalExecutor:
         (raises L{SpawnError} for an unknown one).
     @param drain_seconds: how long output pipes may stay open after the job's
         first process exited.
+    @param instance: the daemon's name in each job's C{CMDD_RUN} marker (see
+        L{cmdd.leftovers}); C{None} adds no marker.
     """
 
     def __init__(
@@ -251,8 +254,10 @@ class LocalExecutor:
         identities: Any,
         *,
         drain_seconds: float = 2.0,
+        instance: str | None = None,
     ) -> None:
         self._reactor = reactor
+        self._instance = instance
         self._link = link
         self._job_identity = job_identity
         self._identities = identities
@@ -266,6 +271,9 @@ class LocalExecutor:
         if spec.user is not None:
             base.update(USER=identity.name, LOGNAME=identity.name)
         env = job_environment(spec, job_id, base)
+        if self._instance is not None:
+            # After the client's variables: a job cannot change its marker.
+            env[MARKER] = marker_value(self._instance, job_id)
         process = JobProcess(self._link, job_id, self._reactor, stdout, stderr, self._drain_seconds)
         # The job's ends go to the spawner; ours are read and written here.
         stdin_read, stdin_write, stdout_read, stdout_write, stderr_read, stderr_write = _pipes(3)

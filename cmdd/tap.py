@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from cmdd import __version__
 from cmdd.accounts import Accounts
@@ -36,7 +39,10 @@ from cmdd.config import (
 )
 from cmdd.history import History, Retention
 from cmdd.jobhost import StartupError, make_executor
+from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
+from cmdd.leftovers import end_leftovers, instance_of
+from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
 from cmdd.manager import JobManager, Limits
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
@@ -59,6 +65,7 @@ _SETTING_OPTIONS = (
     "max-body-bytes",
     "default-timeout",
     "kill-grace",
+    "stop-grace",
     "journal-fsync",
     "journal-compact-bytes",
     "retain-days",
@@ -97,6 +104,13 @@ class Options(usage.Options):
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
         ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
         ["kill-grace", None, None, "Seconds between SIGTERM and SIGKILL [default: 5]."],
+        [
+            "stop-grace",
+            None,
+            None,
+            "On SIGTERM/SIGINT, seconds running jobs may take to finish before "
+            "they are cancelled [default: 30].",
+        ],
         [
             "journal-fsync",
             None,
@@ -145,6 +159,15 @@ class Options(usage.Options):
         print(f"cmdd {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse, or exit 2 with one line on stderr (not twistd's usage text)."""
+        try:
+            super().parseOptions(options)
+        except _BadConfig as e:
+            _exit_usage(f"cmdd: bad configuration: {e}")
+        except usage.UsageError as e:
+            _exit_usage(f"cmdd: {e} (twistd cmdd --help lists the options)")
+
     def postOptions(self) -> None:
         file_values: dict[str, Any] = {}
         try:
@@ -161,7 +184,17 @@ class Options(usage.Options):
             overrides["allow_root_jobs"] = True if self["allow-root-jobs"] else None
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise _BadConfig(str(e)) from None
+
+
+class _BadConfig(usage.UsageError):
+    """A setting's value is wrong (as opposed to an unknown option)."""
+
+
+def _exit_usage(line: str) -> NoReturn:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
 
 
 class CmddService(MultiService):
@@ -175,6 +208,7 @@ class CmddService(MultiService):
         super().__init__()
         self.settings = settings
         self._reactor = reactor
+        self.readiness = Readiness()
         self.io = IOWorker(reactor)
         self.store = JobStore()
         self.journal = JournalWriter(
@@ -202,6 +236,7 @@ class CmddService(MultiService):
                 max_output_bytes=settings.max_output_bytes,
                 default_timeout=settings.default_timeout,
                 kill_grace=settings.kill_grace,
+                stop_grace=settings.stop_grace,
             ),
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
@@ -210,6 +245,7 @@ class CmddService(MultiService):
             deferToThread,
             self.accounts,
             RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
+            readiness=self.readiness,
         )
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
         self.gate = AuthGate(
@@ -226,6 +262,18 @@ class CmddService(MultiService):
         self._tls: list[ReloadableTLS] = []
 
     def startService(self) -> None:
+        """Start everything, or exit 1 with one line on stderr (never half-started)."""
+        try:
+            self._start()
+        except BaseException as e:  # every failed start ends the same way
+            if not isinstance(e, SystemExit | CannotListenError | StartupError | OSError):
+                log.failure("start-up failed", Failure(e))
+            for listener in self._listeners:
+                listener.stopService()
+            self._listeners = []
+            fail_start(e)
+
+    def _start(self) -> None:
         settings = self.settings
         _private_directory(settings.data_dir)
         os.makedirs(settings.output_dir, mode=0o700, exist_ok=True)
@@ -234,17 +282,34 @@ class CmddService(MultiService):
             executor, self.spawner, how = make_executor(
                 self._reactor, settings, _key_files(settings.listen)
             )
-            self._restore_history()
             self.accounts.load()
-        except (DataDirLocked, JournalCorrupt, UserError, StartupError) as e:
-            log.critical("cannot start: {why}", why=str(e))
-            raise SystemExit(f"cmdd: {e}") from None
+            # Bind the listeners before any thread or process runs, so that a
+            # port in use stops the start with nothing to undo. Nothing is
+            # served before the reactor runs, i.e. before history is back.
+            self._listen()
+            self._restore_history()
+        except (DataDirLocked, JournalCorrupt, UserError) as e:
+            raise SystemExit(str(e)) from None
         log.info("{how}", how=how)
         self.manager.executor = executor
         self.spawner.start()
-        descriptions = settings.listen
+        self.io.start()
+        self._users_watch.start(USERS_POLL_SECONDS, now=False)
+        signal.signal(signal.SIGHUP, self._sighup)
+        super().startService()
+        self.manager.startService()
+        self._reactor.callWhenRunning(self._now_running)
+        log.info(
+            "cmdd {version} serving on {listen}; data in {data_dir}",
+            version=__version__,
+            listen=", ".join(settings.listen),
+            data_dir=settings.data_dir,
+        )
+
+    def _listen(self) -> None:
+        descriptions = self.settings.listen
         if needs_generated_certificate(descriptions):
-            cert, key, created = ensure_self_signed(settings.tls_dir)
+            cert, key, created = ensure_self_signed(self.settings.tls_dir)
             with open(cert, "rb") as cert_file:
                 print_ = fingerprint(cert_file.read())
             log.info(
@@ -254,23 +319,33 @@ class CmddService(MultiService):
                 fingerprint=print_,
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
-        self.io.start()
-        self._users_watch.start(USERS_POLL_SECONDS, now=False)
-        signal.signal(signal.SIGHUP, self._sighup)
-        super().startService()
-        self.manager.startService()
         for description in descriptions:
             listener = StreamServerEndpointService(self._endpoint(description), self.site)
             # Fail start-up loudly (port in use, bad key) instead of serving nothing.
             listener._raiseSynchronously = True
             listener.startService()
             self._listeners.append(listener)
+
+    def _now_running(self) -> None:
+        install_stop_signals(self._reactor, self._stop_signal, self._stop_again)
+        self.readiness.ready()
+
+    def _stop_signal(self, name: str) -> None:
         log.info(
-            "cmdd {version} serving on {listen}; data in {data_dir}",
-            version=__version__,
-            listen=", ".join(settings.listen),
-            data_dir=settings.data_dir,
+            "{signal}: stopping; running jobs may finish for up to {grace} s "
+            "(send it again to end them now)",
+            signal=name,
+            grace=self.settings.stop_grace,
         )
+        self.readiness.draining()
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def _stop_again(self, name: str) -> None:
+        log.info("{signal} again: ending the running jobs now", signal=name)
+        self.manager.stop_now(f"{name} received twice")
 
     def _restore_history(self) -> None:
         # Synchronous on purpose: this runs before the reactor does, and no
@@ -279,6 +354,7 @@ class CmddService(MultiService):
         report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
         self.journal.seq = report.last_seq
         self.journal.open()
+        self._end_leftovers()
         self.manager.adopt_history()
         log.info(
             "journal {path}: {records} records, {jobs} jobs, next id {next_id}",
@@ -290,6 +366,20 @@ class CmddService(MultiService):
         if report.quarantined:
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
+
+    def _end_leftovers(self) -> None:
+        # Jobs recorded as running are about to be marked lost; whatever of
+        # them outlived the last daemon (see cmdd.leftovers) must not run on.
+        running = [job.id for job in self.store.oldest_first() if job.state is State.RUNNING]
+        killed = end_leftovers(instance_of(self.settings.data_dir), running)
+        for job_id, pids in sorted(killed.items()):
+            log.warn(
+                "job {job_id}: killed {count} process(es) the previous daemon left "
+                "running (pids {pids}); the job is lost",
+                job_id=job_id,
+                count=len(pids),
+                pids=" ".join(map(str, sorted(pids))),
+            )
 
     def _endpoint(self, description: str) -> Any:
         """An endpoint for C{description}; C{ssl:} ones get cmdd's hardened,
@@ -335,17 +425,22 @@ class CmddService(MultiService):
                 )
 
     async def _stop(self) -> None:
+        # The drain: POSTs get 503 and /readyz 503 while running jobs finish
+        # (listeners stay open so clients can still read their jobs), then
+        # the listeners close, the spawner goes and the journal is flushed.
+        self.readiness.draining()
         if self._users_watch.running:
             self._users_watch.stop()
+        await self.manager.stopService()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []
-        await self.manager.stopService()
         if self.spawner is not None:
             await self.spawner.stop()
         await super().stopService()
         await self.journal.close()
         self.io.stop()
+        log.info("stopped: every job's outcome is in the journal")
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -54,10 +54,10 @@ def test_routing_table_is_walked() -> None:
 @pytest.mark.parametrize(("method", "path"), routes())
 def test_every_route_but_healthz_needs_a_token(client: Client, method: str, path: str) -> None:
     """Without a token every route answers 401 + WWW-Authenticate: Bearer; only
-    /healthz is public. A route added later without auth fails here."""
+    /healthz and /readyz are public. A route added later without auth fails here."""
     client.token = None
     response, content = client.request(method, path, raw=b"{}", headers=JSON)
-    if path == "/healthz":
+    if path in ("/healthz", "/readyz"):
         assert response.code == 200
         return
     assert response.code == 401, (method, path, content)
@@ -532,7 +532,8 @@ def test_metrics_role_can_do_nothing_else(client: Client, method: str, path: str
     client.token = client.add_user("prom", role="metrics")
     response, content = client.request(method, path, raw=b"{}", headers=JSON)
     allowed = {("GET", "/metrics"), ("GET", "/api/openapi.json"), ("GET", "/healthz"),
-               ("POST", "/api/tokens"), ("GET", "/api/tokens"), ("DELETE", "/api/tokens/abc")}
+               ("GET", "/readyz"), ("POST", "/api/tokens"), ("GET", "/api/tokens"),
+               ("DELETE", "/api/tokens/abc")}
     if (method, path) in allowed:
         assert response.code != 403, (method, path, content)
         return

@@ -113,3 +113,21 @@ def test_generated_certificate_is_added_only_where_missing() -> None:
     added = with_certificate("ssl:8443", "/d:x/cert.pem", "/d/key.pem")
     assert split_endpoint(added)[2] == {"privateKey": "/d/key.pem", "certKey": "/d:x/cert.pem"}
     assert with_certificate("tcp:80", "/c", "/k") == "tcp:80"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, 30.0), ("0", 0.0), (0, 0.0), ("2.5", 2.5), (120, 120.0)]
+)
+def test_stop_grace_defaults_to_30_and_may_be_0(value: object, expected: float) -> None:
+    """stop_grace (seconds a stop lets running jobs finish) is 30 by default;
+    0 means end them at once."""
+    assert build_settings({"stop_grace": value} if value is not None else {}, {}).stop_grace == (
+        expected
+    )
+
+
+@pytest.mark.parametrize("value", [-1, "soon", True, float("nan")])
+def test_stop_grace_must_be_seconds(value: object) -> None:
+    """A negative, boolean or non-numeric stop_grace is refused at start."""
+    with pytest.raises(ConfigError, match="stop_grace"):
+        build_settings({"stop_grace": value}, {})

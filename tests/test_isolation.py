@@ -326,7 +326,7 @@ def test_an_unknown_job_user_stops_start_up_with_one_line(tmp_path: Path) -> Non
     )  # fmt: skip
     assert done.returncode != 0
     output = (done.stdout + done.stderr).decode()
-    assert "cmdd: job_user 'cmdd-no-such-user' is not a Unix user" in output
+    assert "cmdd: cannot start: job_user 'cmdd-no-such-user' is not a Unix user" in output
 
 
 @needs_bwrap

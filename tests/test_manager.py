@@ -186,26 +186,85 @@ def test_delete_removes_job_and_output(world: World) -> None:
     assert not (Path(world.output_dir) / "1.stdout").exists()
 
 
-def test_stop_ends_running_jobs_as_cancelled(world: World) -> None:
-    """Stopping the daemon terminates running jobs and records why."""
+def test_stop_lets_running_jobs_finish_within_the_grace(tmp_path: Path) -> None:
+    """A stop (drain) accepts no new job and starts no queued one, but lets
+    the running ones finish on their own: they end succeeded, not cancelled."""
+    world = World(tmp_path, max_running=2, stop_grace=30.0)
     for _ in range(3):
         world.submit()
     world.clock.advance(0)
     stopped: list[object] = []
     world.manager.stopService().addCallback(stopped.append)
+    with pytest.raises(ClientError) as info:
+        world.submit()
+    assert info.value.status == 503 and info.value.code == "SHUTTING_DOWN"
+    assert "Retry-After" in info.value.headers
+    world.clock.advance(29)
     assert stopped == []
     for execution in world.executor.alive:
-        assert execution.signals == [signal.SIGTERM]
-        execution.finish(None, signal=15)
+        assert execution.signals == []
+        execution.finish(0)
+    assert stopped == [None]
+    assert [world.state(job_id) for job_id in (1, 2, 3)] == [
+        State.SUCCEEDED,
+        State.SUCCEEDED,
+        State.QUEUED,
+    ]
+    world.clock.advance(0)  # the pump a job's end schedules (a no-op while stopping)
+    assert not world.clock.getDelayedCalls(), "the grace timer is cancelled"
+
+
+def test_stop_ends_jobs_still_running_after_the_grace(tmp_path: Path) -> None:
+    """After stop_grace the jobs still running get SIGTERM, SIGKILL after
+    kill_grace, and are recorded cancelled with the reason."""
+    world = World(tmp_path, max_running=2, stop_grace=10.0, kill_grace=5.0)
+    for _ in range(2):
+        world.submit()
+    world.clock.advance(0)
+    stopped: list[object] = []
+    world.manager.stopService().addCallback(stopped.append)
+    first, second = world.executor.alive
+    world.clock.advance(10)
+    assert first.signals == second.signals == [signal.SIGTERM]
+    first.finish(None, signal=15)
+    world.clock.advance(5)
+    assert second.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert stopped == []
+    second.finish(None, signal=9)
     assert stopped == [None]
     for job_id in (1, 2):
         job = world.store.get(job_id)
         assert job is not None and job.outcome is not None
-        assert job.state is State.CANCELLED and job.outcome.reason == "the daemon stopped"
-    assert world.state(3) is State.QUEUED
-    with pytest.raises(ClientError) as info:
-        world.submit()
-    assert info.value.status == 503
+        assert job.state is State.CANCELLED
+        assert job.outcome.reason == "the daemon stopped (stop_grace of 10 s passed)"
+
+
+def test_stop_now_ends_running_jobs_before_the_grace(tmp_path: Path) -> None:
+    """A second stop signal (stop_now) ends the running jobs at once."""
+    world = World(tmp_path, stop_grace=30.0)
+    world.submit()
+    world.clock.advance(0)
+    stopped: list[object] = []
+    world.manager.stopService().addCallback(stopped.append)
+    assert world.manager.stopping
+    world.manager.stop_now("SIGTERM received twice")
+    (execution,) = world.executor.alive
+    assert execution.signals == [signal.SIGTERM]
+    execution.finish(None, signal=15)
+    assert stopped == [None]
+    job = world.store.get(1)
+    assert job is not None and job.outcome is not None
+    assert job.outcome.reason == "the daemon stopped (SIGTERM received twice)"
+    world.clock.advance(0)
+    assert not world.clock.getDelayedCalls()
+
+
+def test_stop_with_nothing_running_is_immediate(world: World) -> None:
+    """With no job running a stop has nothing to wait for."""
+    stopped: list[object] = []
+    world.manager.stopService().addCallback(stopped.append)
+    assert stopped == [None]
+    assert not world.clock.getDelayedCalls()
 
 
 def test_when_final_gives_each_waiter_its_own_deferred(world: World) -> None:
