@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 from klein import Klein
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from cmdd import __version__
 from cmdd.accounts import Accounts
@@ -26,7 +27,7 @@ from cmdd.follow import follow, parse_range
 from cmdd.jobs import Job, State
 from cmdd.manager import JobManager
 from cmdd.openapi import description
-from cmdd.query import parse_query, run_query, trim
+from cmdd.query import parse_number, parse_query, run_query, trim
 from cmdd.representations import (
     JOB_FIELDS,
     RESULT_FIELDS,
@@ -38,7 +39,7 @@ from cmdd.representations import (
 )
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
-from cmdd.web import read_json, respond_json
+from cmdd.web import read_json, respond_json, wants_event_stream
 
 log = Logger()
 
@@ -81,12 +82,17 @@ def _query(request: IRequest, allowed: frozenset[str]) -> dict[str, str]:
     return out
 
 
+def _fields(request: IRequest, allowed: frozenset[str]) -> tuple[str, ...] | None:
+    """The C{fields} parameter (the only one a single object takes)."""
+    params = _query(request, frozenset({"fields"}))
+    if "fields" not in params:
+        return None
+    return parse_query({"fields": [params["fields"]]}, allowed).fields
+
+
 def _seconds(params: dict[str, str], name: str, maximum: float) -> float:
-    try:
-        seconds = float(params[name])
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= maximum:
+    seconds = parse_number(params[name])
+    if seconds is None or not 0 <= seconds <= maximum:
         raise ClientError(
             "INVALID_PARAMETER", f"{name} must be seconds from 0 to {maximum:.0f}", field=name
         )
@@ -147,6 +153,20 @@ class CmddAPI:
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         http_error = failure.value
+        if isinstance(http_error, RequestRedirect):
+            # werkzeug's canonical URL (merged slashes): a relative Location,
+            # never one built from the client's Host header.
+            # Klein binds without the query; keep the client's (ASCII: Twisted
+            # accepts no other request target).
+            _, _, query = request.uri.partition(b"?")
+            location = urlsplit(http_error.new_url).path
+            if query:
+                location += "?" + query.decode("ascii")
+            code = http_error.code
+            error = ClientError(
+                "PERMANENT_REDIRECT", f"the canonical URL is {location}", status=code
+            )
+            return respond_json(request, error.to_json(), code, {"Location": location})
         if isinstance(http_error, HTTPException):
             # Routing answers such as a redirect to the canonical URL.
             code = http_error.code or 500
@@ -186,10 +206,7 @@ class CmddAPI:
 
     @app.route("/api/jobs/<job_id>", methods=["GET"])
     def get_job(self, request: IRequest, job_id: str) -> bytes:
-        params = _query(request, frozenset({"fields"}))
-        fields = None
-        if "fields" in params:
-            fields = parse_query({"fields": [params["fields"]]}, JOB_FIELDS).fields
+        fields = _fields(request, JOB_FIELDS)
         job = trim(job_json(self._job(request, job_id)), fields)
         return respond_json(request, job, etag=True)
 
@@ -220,7 +237,7 @@ class CmddAPI:
         if stream not in STREAMS:
             raise ClientError("STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404)
         path = output_path(self._manager.output_dir, job.id, stream)
-        sse = "text/event-stream" in (request.getHeader("accept") or "")
+        sse = wants_event_stream(request.getHeader("accept"))
         if params.get("follow", "0") not in ("0", "1"):
             raise ClientError("INVALID_PARAMETER", "follow must be 0 or 1", field="follow")
         if sse or params.get("follow") == "1":
@@ -264,9 +281,9 @@ class CmddAPI:
     @app.route("/api/statuses/<job_id>", methods=["GET"])
     async def get_status(self, request: IRequest, job_id: str) -> bytes:
         params = _query(request, frozenset({"wait"}))
+        seconds = _seconds(params, "wait", MAX_WAIT) if "wait" in params else None
         job = self._job(request, job_id)
-        if "wait" in params and not job.state.final:
-            seconds = _seconds(params, "wait", MAX_WAIT)
+        if seconds is not None and not job.state.final:
             job = await self._manager.wait_final(job.id, seconds)
         if job.state.final:
             return respond_json(
@@ -282,6 +299,7 @@ class CmddAPI:
 
     @app.route("/api/results/<job_id>", methods=["GET"])
     async def get_result(self, request: IRequest, job_id: str) -> bytes:
+        fields = _fields(request, RESULT_FIELDS)
         job = self._job(request, job_id)
         if not job.state.final or job.outcome is None:
             raise ClientError(
@@ -300,7 +318,8 @@ class CmddAPI:
                 path = output_path(self._manager.output_dir, job.id, stream)
                 data = await self._run_blocking(read_output, path)
             texts.append(data.decode("utf-8", "replace"))
-        return respond_json(request, result_json(job, texts[0], texts[1]), etag=True)
+        result = trim(result_json(job, texts[0], texts[1]), fields)
+        return respond_json(request, result, etag=True)
 
     # --- tokens ----------------------------------------------------------
 
