@@ -73,22 +73,25 @@ def exchange(port: int, data: bytes, timeout: float = 10.0) -> Answer:
                 if not chunk:
                     break
                 received += chunk
-                parsed = _parse(received, started, final=False)
+                parsed = _parse(received, started, final=False, no_body=data.startswith(b"HEAD "))
                 if parsed is not None:
                     return parsed
         except (TimeoutError, ConnectionResetError):
             pass
-    return _parse(received, started, final=True) or Answer(0, {}, received, _since(started))
+    parsed = _parse(received, started, final=True, no_body=data.startswith(b"HEAD "))
+    return parsed or Answer(0, {}, received, _since(started))
 
 
 def _since(started: float) -> float:
     return time.monotonic() - started
 
 
-def _parse(data: bytes, started: float, final: bool) -> Answer | None:
+def _parse(data: bytes, started: float, final: bool, no_body: bool = False) -> Answer | None:
     head, sep, rest = data.partition(b"\r\n\r\n")
     if not sep:
         return None
+    if head.startswith(b"HTTP/1.1 100 "):
+        return _parse(rest, started, final, no_body)  # "Expect: 100-continue" answered first
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
@@ -97,6 +100,8 @@ def _parse(data: bytes, started: float, final: bool) -> Answer | None:
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    if no_body:
+        return Answer(int(parts[1]), headers, b"", _since(started))  # HEAD: no body
     length = headers.get("content-length")
     if length is not None and length.isdigit():
         if len(rest) < int(length):
