@@ -156,6 +156,10 @@ class JsonChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._stop_receive_timer()
+        if self._refused:
+            # The chunk that was refused (the body budget) also ended the
+            # body: the 503 is the answer, the request is not processed.
+            return
         super().allContentReceived()
 
     def _receive_timed_out(self) -> None:

@@ -155,3 +155,13 @@ def test_a_refused_connection_lingers_then_closes(clock: Clock) -> None:
     assert connection.transport.disconnecting
     connection.close()
     assert clock.getDelayedCalls() == []
+
+
+def test_a_body_refused_in_its_last_chunk_gets_one_answer(clock: Clock) -> None:
+    """When the chunk that passes the budget also completes the body, the 503
+    is the only answer: the request is not processed as well."""
+    site = site_with(clock, body_budget=500)
+    connection = Connection(site)
+    connection.send(headers_for_body(600) + b"a" * 600)
+    assert connection.error_code() == "SERVER_BUSY"
+    assert connection.transport.value().count(b"HTTP/1.1") == 1
