@@ -271,7 +271,16 @@ def build(method: str, target: str, head: list[tuple[str, str]], body: bytes, ho
     if body:
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return b"".join(wire(line) + b"\r\n" for line in lines) + b"\r\n" + body
+
+
+def wire(line: str) -> bytes:
+    """A line's bytes: Latin-1 text is the bytes it was drawn from; anything
+    else (a Range of Arabic-Indic digits) goes as UTF-8."""
+    try:
+        return line.encode("latin-1")
+    except UnicodeEncodeError:
+        return line.encode("utf-8")
 
 
 def check(answer: Answer, method: str, raw: bytes) -> None:
