@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 from klein import Klein
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from cmdd import __version__
 from cmdd.accounts import Accounts
@@ -27,7 +28,7 @@ from cmdd.jobs import Job, State
 from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
 from cmdd.openapi import description
-from cmdd.query import parse_query, run_query, trim
+from cmdd.query import parse_number, parse_query, run_query, trim
 from cmdd.representations import (
     JOB_FIELDS,
     RESULT_FIELDS,
@@ -40,7 +41,7 @@ from cmdd.representations import (
 from cmdd.results import stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
-from cmdd.web import read_json, respond_json
+from cmdd.web import read_json, respond_json, wants_event_stream
 
 log = Logger()
 
@@ -83,12 +84,17 @@ def _query(request: IRequest, allowed: frozenset[str]) -> dict[str, str]:
     return out
 
 
+def _fields(request: IRequest, allowed: frozenset[str]) -> tuple[str, ...] | None:
+    """The C{fields} parameter (the only one a single object takes)."""
+    params = _query(request, frozenset({"fields"}))
+    if "fields" not in params:
+        return None
+    return parse_query({"fields": [params["fields"]]}, allowed).fields
+
+
 def _seconds(params: dict[str, str], name: str, maximum: float) -> float:
-    try:
-        seconds = float(params[name])
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= maximum:
+    seconds = parse_number(params[name])
+    if seconds is None or not 0 <= seconds <= maximum:
         raise ClientError(
             "INVALID_PARAMETER", f"{name} must be seconds from 0 to {maximum:.0f}", field=name
         )
@@ -155,6 +161,20 @@ class CmddAPI:
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         http_error = failure.value
+        if isinstance(http_error, RequestRedirect):
+            # werkzeug's canonical URL (merged slashes): a relative Location,
+            # never one built from the client's Host header.
+            # Klein binds without the query; keep the client's (ASCII: Twisted
+            # accepts no other request target).
+            _, _, query = request.uri.partition(b"?")
+            location = urlsplit(http_error.new_url).path
+            if query:
+                location += "?" + query.decode("ascii")
+            code = http_error.code
+            error = ClientError(
+                "PERMANENT_REDIRECT", f"the canonical URL is {location}", status=code
+            )
+            return respond_json(request, error.to_json(), code, {"Location": location})
         if isinstance(http_error, HTTPException):
             # Routing answers such as a redirect to the canonical URL.
             code = http_error.code or 500
@@ -194,10 +214,7 @@ class CmddAPI:
 
     @app.route("/api/jobs/<job_id>", methods=["GET"])
     def get_job(self, request: IRequest, job_id: str) -> bytes:
-        params = _query(request, frozenset({"fields"}))
-        fields = None
-        if "fields" in params:
-            fields = parse_query({"fields": [params["fields"]]}, JOB_FIELDS).fields
+        fields = _fields(request, JOB_FIELDS)
         job = trim(job_json(self._job(request, job_id)), fields)
         return respond_json(request, job, etag=True)
 
@@ -228,7 +245,7 @@ class CmddAPI:
         if stream not in STREAMS:
             raise ClientError("STREAM_NOT_FOUND", "the streams are stdout and stderr", status=404)
         path = output_path(self._manager.output_dir, job.id, stream)
-        sse = "text/event-stream" in (request.getHeader("accept") or "")
+        sse = wants_event_stream(request.getHeader("accept"))
         if params.get("follow", "0") not in ("0", "1"):
             raise ClientError("INVALID_PARAMETER", "follow must be 0 or 1", field="follow")
         if sse or params.get("follow") == "1":
@@ -272,9 +289,9 @@ class CmddAPI:
     @app.route("/api/statuses/<job_id>", methods=["GET"])
     async def get_status(self, request: IRequest, job_id: str) -> bytes:
         params = _query(request, frozenset({"wait"}))
+        seconds = _seconds(params, "wait", MAX_WAIT) if "wait" in params else None
         job = self._job(request, job_id)
-        if "wait" in params and not job.state.final:
-            seconds = _seconds(params, "wait", MAX_WAIT)
+        if seconds is not None and not job.state.final:
             job = await self._manager.wait_final(job.id, seconds)
         if job.state.final:
             return respond_json(
@@ -290,6 +307,7 @@ class CmddAPI:
 
     @app.route("/api/results/<job_id>", methods=["GET"])
     async def get_result(self, request: IRequest, job_id: str) -> bytes:
+        fields = _fields(request, RESULT_FIELDS | {"stdout", "stderr"})
         job = self._job(request, job_id)
         if not job.state.final or job.outcome is None:
             raise ClientError(
@@ -300,14 +318,16 @@ class CmddAPI:
             )
         # Streamed from the files: memory per response is one chunk, however
         # big the output (see cmdd.results).
+        head = result_json(job)
+        wanted = [("stdout", job.outcome.stdout_bytes), ("stderr", job.outcome.stderr_bytes)]
+        if fields is not None:
+            head = trim(head, fields)
+            wanted = [(name, size) for name, size in wanted if name in fields]
         streams = [
-            (stream, output_path(self._manager.output_dir, job.id, stream), size)
-            for stream, size in (
-                ("stdout", job.outcome.stdout_bytes),
-                ("stderr", job.outcome.stderr_bytes),
-            )
+            (name, output_path(self._manager.output_dir, job.id, name), size)
+            for name, size in wanted
         ]
-        return await stream_result(request, result_json(job), streams, self._run_blocking)
+        return await stream_result(request, head, streams, self._run_blocking)
 
     # --- tokens ----------------------------------------------------------
 

@@ -288,7 +288,10 @@ class AuthGate(Resource):
         if request.path in PUBLIC_PATHS:
             return self._inner.render(request)
         d = Deferred.fromCoroutine(self._authenticate(request))
-        d.addCallbacks(self._admit, self._refuse, callbackArgs=(request,), errbackArgs=(request,))
+        d.addCallback(self._admit, request)
+        # Also what _admit (the route's own rendering) raises: never an
+        # "Unhandled error in Deferred" and a request left hanging.
+        d.addErrback(self._refuse, request)
         return NOT_DONE_YET
 
     async def _authenticate(self, request: IRequest) -> Principal:
@@ -361,6 +364,11 @@ class AuthGate(Resource):
 
     def _respond_error(self, error: ClientError, request: IRequest) -> None:
         if getattr(request, "finished", False) or getattr(request, "_disconnected", False):
+            return
+        if getattr(request, "startedWriting", False):
+            # Too late for a status line: end the response so the client notices.
+            channel: Any = request
+            channel.loseConnection()
             return
         request.write(respond_json(request, error.to_json(), error.status, error.headers))
         request.finish()

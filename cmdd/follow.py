@@ -27,7 +27,9 @@ from cmdd.spool import read_output
 CHUNK = 64 * 1024
 #: After new output, wait this long for more before reading (batches lines).
 COALESCE_SECONDS = 0.05
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+#: ASCII digits (re's \d also takes other scripts' digits), at most 19 of
+#: them (int() refuses more than 4300, and no file is that large anyway).
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})\Z")
 
 
 def parse_range(header: str, size: int) -> tuple[int, int]:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -21,6 +23,25 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SORTS = ("-created", "created", "completed", "-completed", "duration", "-duration")
 _REPEATABLE = frozenset({"state", "label"})
+#: RFC 3339 section 5.6 date-time, and nothing else ISO 8601 allows (week or
+#: ordinal dates, no separators, no zone, hour 24, a comma before fractions).
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z"
+)
+#: A number as JSON writes one (RFC 8259 section 6), ASCII only: Python's
+#: int() and float() also take "+1", " 1", "1_0", other scripts' digits,
+#: "nan" and "inf", none of them a number in a query.
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
+_INTEGER = re.compile(r"-?[0-9]{1,10}\Z")
+
+
+def parse_number(text: str) -> float | None:
+    """C{text} as a finite number in JSON's syntax, or C{None} if it is not one."""
+    if len(text) > 40 or not _NUMBER.match(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def _bad(name: str, message: str) -> ClientError:
@@ -29,12 +50,23 @@ def _bad(name: str, message: str) -> ClientError:
 
 def parse_time(name: str, text: str) -> float:
     """An RFC 3339 timestamp (with a zone) as Unix seconds."""
+    match = _RFC3339.match(text)
+    if match is None:
+        raise _bad(name, "must be an RFC 3339 time with a zone, such as 2026-11-22T10:00:00Z")
+    year, month, day, hour, minute, second, fraction, utc, sign, zh, zm = match.groups()
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        zone = UTC
+        if not utc:
+            if int(zh) > 23 or int(zm) > 59:
+                raise ValueError("offset out of range")
+            offset = timedelta(hours=int(zh), minutes=int(zm))
+            zone = timezone(-offset if sign == "-" else offset)
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second),
+            int((fraction or "0").ljust(6, "0")[:6]), tzinfo=zone,
+        )  # fmt: skip
     except ValueError:
-        raise _bad(name, "must be an RFC 3339 time such as 2026-11-22T10:00:00Z") from None
-    if moment.tzinfo is None:
-        raise _bad(name, "needs a time zone (Z or +hh:mm)")
+        raise _bad(name, "is not a real date and time") from None
     return moment.timestamp()
 
 
@@ -160,16 +192,15 @@ def parse_query(
         if name in one:
             values[name] = parse_time(name, one[name])
     if "exit_code" in one:
-        try:
-            values["exit_code"] = int(one["exit_code"])
-        except ValueError:
-            raise _bad("exit_code", "must be a whole number") from None
+        if not _INTEGER.match(one["exit_code"]):
+            raise _bad("exit_code", "must be a whole number")
+        values["exit_code"] = int(one["exit_code"])
     sort = one.get("sort", "-created")
     if sort not in SORTS:
         raise _bad("sort", f"must be one of {', '.join(SORTS)}")
     values["sort"] = sort
     limit_text = one.get("limit", str(DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    if not _INTEGER.match(limit_text) or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise _bad("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
     values["limit"] = int(limit_text)
     if "cursor" in one:

@@ -90,8 +90,10 @@ async def stream_result(
     consumer.registerProducer(flow, True)
     try:
         request.write(opening[:-1])
+        separator = b"," if head else b""  # no comma after an empty head
         for name, path, size in streams:
-            request.write(b',"' + name.encode("ascii") + b'":"')
+            request.write(separator + b'"' + name.encode("ascii") + b'":"')
+            separator = b","
             escaper = _Escaper(path)
             while size and not escaper.done and not flow.stopped:
                 piece: bytes = await run_blocking(escaper.next_piece)

@@ -182,7 +182,10 @@ def _parse_timeout(value: object) -> float:
     # bool is an int subclass; "timeout": true is a client bug, not 1 second.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError("INVALID_TIMEOUT", "timeout must be a number of seconds", "timeout")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond a double's range
+        seconds = math.inf
     if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TIMEOUT_SECONDS:
         raise SpecError(
             "INVALID_TIMEOUT",

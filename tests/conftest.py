@@ -23,3 +23,14 @@ def job_files() -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the hostile-input suite's request counts at the end of every run."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz_http")
+    tally = getattr(fuzz, "TALLY", None)
+    if tally:
+        counts = ", ".join(f"{key} {value}" for key, value in sorted(tally.items()))
+        terminalreporter.write_line(f"hostile-input suite: {counts}")

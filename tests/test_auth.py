@@ -539,3 +539,24 @@ def test_metrics_role_can_do_nothing_else(client: Client, method: str, path: str
         return
     assert response.code == 403, (method, path, content)
     assert json.loads(content)["error"]["code"] == "FORBIDDEN"
+
+
+def test_an_error_raised_past_the_gate_is_a_json_500(client: Client) -> None:
+    """What the resource behind the gate raises while rendering (after the
+    token was accepted) is a logged JSON 500, never an unhandled error in a
+    Deferred and a request left hanging."""
+    from twisted.logger import LogLevel, capturedLogs
+    from twisted.web.resource import Resource
+
+    class Broken(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            raise RuntimeError("boom")
+
+    client.gate._inner = Broken()
+    with capturedLogs() as events:
+        response, content = client.request("GET", "/api/jobs")
+    assert response.code == 500
+    assert json.loads(content)["error"]["code"] == "INTERNAL_ERROR"
+    assert any(event.get("log_level") == LogLevel.critical for event in events)

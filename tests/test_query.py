@@ -131,3 +131,42 @@ def test_fields_trim_representations() -> None:
     assert trim({"id": 1, "state": "queued", "links": {}}, query.fields) == {
         "id": 1, "state": "queued"}
     assert trim({"id": 1}, None) == {"id": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-W01-1T00:00:00Z", "2026-001T00:00:00Z", "20260101T000000Z", "2026-01-01T00:00:00",
+     "2026-01-01", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00,5Z", "2026-01-01T24:00:00Z",
+     "2026-02-30T00:00:00Z", "2026-01-01T00:00:00+24:00", "\u0662026-01-01T00:00:00Z"],
+)  # fmt: skip
+def test_times_are_rfc3339_and_nothing_else(text: str) -> None:
+    """ISO 8601 forms RFC 3339 leaves out are rejected, not read."""
+    from cmdd.errors import ClientError
+    from cmdd.query import parse_time
+
+    with pytest.raises(ClientError):
+        parse_time("created_after", text)
+
+
+def test_rfc3339_times_are_read_exactly() -> None:
+    """Offsets, lower-case separators and long fractions are RFC 3339."""
+    from cmdd.query import parse_time
+
+    assert parse_time("t", "1970-01-01T01:00:00+01:00") == 0
+    assert parse_time("t", "1970-01-01t00:00:01.5z") == 1.5
+    assert parse_time("t", "1970-01-01T00:00:00.123456789Z") == pytest.approx(0.123456)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "+1", " 1", "1_0", "\u0661", "1e999", "", "0x1"])
+def test_numbers_in_a_query_are_json_numbers(text: str) -> None:
+    """What float() accepts but JSON does not is not a number."""
+    from cmdd.query import parse_number
+
+    assert parse_number(text) is None
+
+
+def test_json_numbers_in_a_query_are_read() -> None:
+    """JSON's own forms are numbers."""
+    from cmdd.query import parse_number
+
+    assert [parse_number(t) for t in ("0", "2.5", "1e-3", "2E1", "-1")] == [0, 2.5, 0.001, 20, -1]

@@ -140,3 +140,10 @@ def test_any_json_is_accepted_or_rejected_cleanly(body: dict[str, Any]) -> None:
     else:
         assert isinstance(spec, JobSpec)
         assert (spec.command is None) != (spec.command_line is None)
+
+
+def test_a_timeout_beyond_a_double_is_invalid_not_a_crash() -> None:
+    """An integer too large for a float is out of range (it was an OverflowError)."""
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"command": "true", "timeout": 10**400})
+    assert caught.value.code == "INVALID_TIMEOUT"
