@@ -44,6 +44,8 @@ class Sandbox:
         C{writable} (for an unprivileged daemon, whose jobs share its uid
         and could otherwise change its home, configuration and installation).
     @ivar writable: paths that stay writable when C{read_only}.
+    @ivar needed_files: files the spawner itself runs from (its interpreter
+        and program), bound read-only where C{private_tmp} would hide them.
     """
 
     bwrap: str
@@ -53,6 +55,7 @@ class Sandbox:
     network: bool = True
     read_only: bool = False
     writable: tuple[str, ...] = ()
+    needed_files: tuple[str, ...] = ()
 
     def arguments(self, as_root: bool) -> list[str]:
         """bwrap's command line up to (and including) the C{--}."""
@@ -75,6 +78,9 @@ class Sandbox:
         if self.private_tmp:
             # Sticky and world-writable, like a real /tmp (bwrap's default is 0755).
             argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 (a mount point)
+            for path in self.needed_files:
+                if _within(path, "/tmp"):  # noqa: S108 (a mount point)
+                    argv += ["--ro-bind", path, path]
         for ancestor in ancestors((*self.hidden_directories, *self.hidden_files)):
             if self.private_tmp and _within(ancestor, "/tmp"):  # noqa: S108 (a mount point)
                 continue  # on the jobs' own /tmp: the daemon never sees it

@@ -122,6 +122,8 @@ def choose_sandbox(settings: Settings, secrets: tuple[str, ...], as_root: bool) 
         # configuration, installation) must be read-only to them.
         read_only=not as_root,
         writable=tuple(os.path.realpath(p) for p in writable if os.path.isdir(p)),
+        # Shown again if a private /tmp would hide them (an install under /tmp).
+        needed_files=(spawner_python(), spawner_path()),
     )
     why = _check(sandbox, as_root, settings.allow_root_jobs)
     if why is None:
@@ -159,16 +161,23 @@ def spawner_python() -> str:
     enter (say, pyenv under /root), even though twistd started.
     """
     base = getattr(sys, "_base_executable", None)
-    for candidate in (sys.executable, base, shutil.which("python3")):
+    # The real file first: a venv's link may sit where the sandbox hides it.
+    candidates = (os.path.realpath(sys.executable), sys.executable, base, shutil.which("python3"))
+    for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return sys.executable
 
 
+def spawner_path() -> str:
+    """The spawner program's file."""
+    return os.path.realpath(spawner.__file__)
+
+
 def _command(sandbox: Sandbox | None, as_root: bool, allow_root: bool, check: bool) -> list[str]:
     return spawner_command(
         spawner_python(),
-        os.path.abspath(spawner.__file__),
+        spawner_path(),
         sandbox,
         as_root=as_root,
         allow_root_jobs=allow_root,

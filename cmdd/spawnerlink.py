@@ -235,10 +235,9 @@ class SpawnerLink:
             self._release(job_id)
         jobs, self._jobs = self._jobs, {}
         for job in jobs.values():
-            if job.pid > 0:
-                job.exited(ProcessExit(None, None, failure="the job spawner stopped while it ran"))
-            else:
-                job.exited(ProcessExit(None, None, not_executed="the job spawner stopped"))
+            # Sent to the spawner: it may have run even if its start was not
+            # reported yet, so its end is unknown, never "not executed".
+            job.exited(ProcessExit(None, None, failure="the job spawner stopped while it ran"))
         if self._stopping:
             return
         log.error("the job spawner went away; starting a new one")

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]  # ships no type information
-from procs import is_alive, living_in_group, proc_stat, read_pid_file
+from procs import children_of, is_alive, living_in_group, proc_stat, read_pid_file
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -693,14 +693,16 @@ async def test_a_dead_spawner_fails_its_jobs_and_is_replaced(
     next job runs on a new spawner."""
     harness = make_harness()
     ready = tmp_path / "ready"
-    job = await harness.submit(command=f"echo $PPID > '{ready}'; exec sleep 600")
+    job = await harness.submit(
+        command=f"echo $PPID > '{ready}.tmp'; mv '{ready}.tmp' '{ready}'; exec sleep 600"
+    )
     spawner_pid = await until(lambda: read_pid_file(ready), 10, "the job to start")
-    sleeper = harness.executor.executions[job.id].pid
+    sleeper = await until(lambda: children_of(spawner_pid), 10, "the job's process")
     os.kill(spawner_pid, signal.SIGKILL)
     ended = await within(10, harness.manager.when_final(job.id))
     assert ended.state is State.FAILED
     assert ended.outcome is not None and "spawner" in (ended.outcome.reason or "")
-    await until(lambda: not is_alive(sleeper), 5, "the job's process to die with the spawner")
+    await until(lambda: not any(map(is_alive, sleeper)), 5, "the job to die with the spawner")
     follower = await harness.run(command="echo next")
     assert follower.state is State.SUCCEEDED
     assert harness.output(follower.id, "stdout") == b"next\n"
@@ -771,9 +773,7 @@ async def test_a_cancel_waits_with_its_job_for_a_restarting_spawner(
     os.kill(int(harness.output(second.id, "stdout")), signal.SIGKILL)
     # Restarted after a pause (it had just started), unless this machine is
     # so slow that a second passed: then the cancel simply has no wait.
-    await until(
-        lambda: not harness.spawner.running or harness.spawner.starts >= 3, 5, "its end"
-    )
+    await until(lambda: not harness.spawner.running or harness.spawner.starts >= 3, 5, "its end")
     job = await harness.submit(command="sleep 600")
     await harness.wait_spawned(job.id)
     ended = await within(10, harness.manager.cancel(job.id))

@@ -132,3 +132,16 @@ def test_with_a_private_tmp_no_host_directory_under_tmp_is_brought_back() -> Non
     """Binding an ancestor under /tmp would show the host's /tmp again."""
     argv = Sandbox("/usr/bin/bwrap", ("/tmp/x/data",), private_tmp=True).arguments(as_root=True)
     assert "/tmp/x" not in argv
+
+
+def test_a_private_tmp_does_not_hide_the_spawner_itself() -> None:
+    """Installed under /tmp (a CI checkout), the spawner's interpreter and
+    program are bound back read-only over the private /tmp."""
+    argv = Sandbox(
+        "/usr/bin/bwrap", ("/d",), private_tmp=True,
+        needed_files=("/tmp/ci/spawner.py", "/usr/bin/python3"),
+    ).arguments(as_root=True)  # fmt: skip
+    joined = " ".join(argv)
+    assert "--ro-bind /tmp/ci/spawner.py /tmp/ci/spawner.py" in joined
+    assert joined.index("--tmpfs /tmp") < joined.index("--ro-bind /tmp/ci/spawner.py")
+    assert "/usr/bin/python3 /usr/bin/python3" not in joined, "only what the tmpfs hides"
