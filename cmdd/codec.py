@@ -56,7 +56,7 @@ def _event_fields(event: Event) -> dict[str, Any]:
         return {"type": "started", "job": event.job_id}
     if isinstance(event, Ended):
         outcome = event.outcome
-        return {
+        fields: dict[str, Any] = {
             "type": "ended",
             "job": event.job_id,
             "state": outcome.state.value,
@@ -69,6 +69,9 @@ def _event_fields(event: Event) -> dict[str, Any]:
             "stderr_truncated": outcome.stderr_truncated,
             "cancelled_by": outcome.cancelled_by,
         }
+        if outcome.output_error is not None:
+            fields["output_error"] = outcome.output_error
+        return fields
     return {"type": "deleted", "job": event.job_id, "by": event.by}
 
 
@@ -145,6 +148,7 @@ def _record(fields: dict[str, Any]) -> Record:
                 stdout_truncated=bool(fields["stdout_truncated"]),
                 stderr_truncated=bool(fields["stderr_truncated"]),
                 cancelled_by=fields.get("cancelled_by"),
+                output_error=fields.get("output_error"),
             ),
         )
     elif kind == "deleted":

@@ -505,6 +505,7 @@ class JobManager(Service):
                 stdout_truncated=run.stdout.truncated,
                 stderr_truncated=run.stderr.truncated,
                 cancelled_by=run.cancelled_by,
+                output_error=run.stdout.error or run.stderr.error,
             ),
         )
 

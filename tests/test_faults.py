@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,50 @@ async def test_a_journal_that_cannot_be_cut_back_refuses_everything(tmp_path: Pa
     for job_id in run.acked:
         assert store.get(job_id) is not None or run.store.get(job_id) is None
     assert all(store.get(job_id) is None for job_id in run.refused)
+
+
+@pytest.mark.parametrize("kind", ["torn", "enospc", "eio"])
+def test_output_lost_to_a_full_disk_is_visible(tmp_path: Path, kind: str) -> None:
+    """When an output write fails at any point, the file holds exactly the bytes
+    the spool says it kept (no half-written chunk), the stream counts as
+    truncated and the spool says why; before the failure nothing is lost."""
+    from cmdd.spool import OutputSpool
+
+    chunks = [b"chunk %d\n" % n for n in range(6)]
+    data = b"".join(chunks)
+    for n in range(1, len(chunks) + 1):
+        path = tmp_path / f"{kind}-{n}.stdout"
+        spool = OutputSpool(InlineIO(), str(path), cap=1000, ops=FaultyOps(kind, n))  # type: ignore[arg-type]
+        for chunk in chunks:
+            spool.write(chunk)
+        kept = path.read_bytes() if path.exists() else b""
+        assert spool.total == len(data)
+        assert kept == data[: spool.kept], "the file holds exactly what is counted as kept"
+        boundaries = {len(b"".join(chunks[:k])) for k in range(len(chunks))}
+        assert spool.kept in boundaries, "only whole writes are kept"
+        assert spool.truncated and spool.error is not None and "output lost" in spool.error
+
+
+def test_a_token_the_disk_refuses_is_not_handed_out(tmp_path: Path) -> None:
+    """POST /api/tokens on a full disk: a 503 (not a 500), no token that would
+    vanish at restart, and no temporary file left behind."""
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import Clock
+
+    from cmdd.accounts import Accounts
+    from cmdd.files import write_private_file
+
+    clock = Clock()
+    accounts = Accounts(str(tmp_path), clock, InlineIO().run)
+    accounts.load()
+    before = set(accounts.book.dumps().split(b'"id"'))
+    faulty = FaultyOps("enospc", 1)
+    accounts._run_io = lambda fn, *args: InlineIO().run(  # type: ignore[method-assign]
+        write_private_file, args[0], args[1], faulty
+    )
+    failure = ensureDeferred(accounts.issue_token("admin", None, "test"))
+    error = failure.result.value  # type: ignore[attr-defined]
+    failure.addErrback(lambda _: None)
+    assert isinstance(error, ClientError) and error.status == 503
+    assert set(accounts.book.dumps().split(b'"id"')) == before, "the token is not kept"
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
