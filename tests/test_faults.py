@@ -250,3 +250,35 @@ def test_a_token_the_disk_refuses_is_not_handed_out(tmp_path: Path) -> None:
     assert isinstance(error, ClientError) and error.status == 503
     assert set(accounts.book.dumps().split(b'"id"')) == before, "the token is not kept"
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+class _NewFileWillNotOpen(FaultyOps):
+    """Opening the compacted file for appending fails (EMFILE, say)."""
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if path.endswith(".compact") and not flags & os.O_CREAT:
+            raise OSError(24, "Too many open files", path)
+        return super().open(path, flags, mode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_compaction_whose_new_file_will_not_open_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """If the compacted journal cannot be opened, the old journal stays in
+    place and open, later appends go into it (not into a deleted file), and
+    no .compact file is left."""
+    run = Run(tmp_path, _NewFileWillNotOpen("short"))
+    try:
+        await run.submit(2)
+        with pytest.raises(JournalFailed):
+            await run.history.compact()
+        await run.submit(2)
+        for _ in range(3):
+            await run.finish_alive()
+        await run.manager.stopService()
+    finally:
+        await run.writer.close()
+    assert run.acked == {1, 2, 3, 4}
+    assert not list(tmp_path.glob("*.compact"))
+    check_restart(run)
