@@ -359,8 +359,12 @@ class JobManager(Service):
             return
         job = self.get(run.job_id)
         cap = self.limits.max_output_bytes
-        run.stdout = OutputSpool(self._io, output_path(self.output_dir, job.id, "stdout"), cap)
-        run.stderr = OutputSpool(self._io, output_path(self.output_dir, job.id, "stderr"), cap)
+        run.stdout, run.stderr = (
+            OutputSpool(
+                self._io, output_path(self.output_dir, job.id, stream), cap, clock=self.clock
+            )
+            for stream in ("stdout", "stderr")
+        )
         run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._output_flushed(job.id)
         try:
             assert self.executor is not None, "the composition root sets the executor"

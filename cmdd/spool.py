@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +38,14 @@ STREAMS = ("stdout", "stderr")
 #: Unwritten bytes per stream above which the child's pipes stop being read
 #: (the kernel then blocks the child), until the I/O thread catches up.
 HIGH_WATER = 1024 * 1024
+
+#: Errors that pass (too many open files, memory, a disk being cleaned up):
+#: a write that fails with one is tried again after each of these delays,
+#: with the job's pipes paused, before its output is given up as lost.
+TRANSIENT_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT}
+)
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class IOWorker:
@@ -203,8 +211,13 @@ class OutputSpool:
         path: str,
         cap: int,
         ops: FileOps = REAL_OPS,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._io = io
+        #: Times retries of transient failures; without one, none is retried.
+        self._clock = clock
+        self._retries = 0
+        self._writing = b""
         self.path = path
         self._cap = cap
         self._ops = ops
@@ -258,11 +271,13 @@ class OutputSpool:
         if self._paused:
             self._paused = False
             self._resume()
+        self._writing = data
         self._in_flight = self._io.run(_append, self.path, data, self._file, self._ops)
         self._in_flight.addCallbacks(self._written, self._write_failed)
 
     def _written(self, file: Written) -> None:
         self._file = file
+        self._retries = 0
         self._write_done()
 
     def _write_done(self) -> None:
@@ -276,6 +291,31 @@ class OutputSpool:
                 closer.callback(None)
 
     def _write_failed(self, failure: Failure) -> None:
+        error = failure.value
+        if (
+            self._clock is not None
+            and isinstance(error, OSError)
+            and error.errno in TRANSIENT_ERRORS
+            and self._retries < len(RETRY_DELAYS)
+        ):
+            # The failed write was cut back out of the file: write it again
+            # later, the child blocked meanwhile, instead of losing it.
+            delay = RETRY_DELAYS[self._retries]
+            self._retries += 1
+            log.warn(
+                "cannot write output to {path} ({why}); trying again in {delay} s",
+                path=self.path,
+                why=str(error),
+                delay=delay,
+            )
+            self._pending.insert(0, self._writing)
+            self._pending_bytes += len(self._writing)
+            if not self._paused:
+                self._paused = True
+                self._pause()
+            self._in_flight = Deferred()  # busy: no other write starts meanwhile
+            self._clock.callLater(delay, self._flush)
+            return
         # A full or broken disk: keep counting output, stop spooling it, and
         # say so: what is kept is what is in the file, the rest is truncated.
         why = failure.getErrorMessage()
@@ -286,6 +326,9 @@ class OutputSpool:
         self.kept = 0 if self._file is None else self._file[2]
         self._pending = []
         self._pending_bytes = 0
+        if self._paused:
+            self._paused = False
+            self._resume()
         self._write_done()
 
     def close(self) -> Deferred[None]:

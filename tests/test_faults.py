@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,48 @@ async def test_a_compaction_whose_new_file_will_not_open_changes_nothing(
     assert run.acked == {1, 2, 3, 4}
     assert not list(tmp_path.glob("*.compact"))
     check_restart(run)
+
+
+class _TooManyOpenFiles(FaultyOps):
+    """The first C{times} opens fail with EMFILE (1,000 clients hold every fd)."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__("short")
+        self.times = times
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if self.times:
+            self.times -= 1
+            raise OSError(24, "Too many open files", path)
+        return super().open(path, flags, mode)
+
+
+def test_output_survives_a_passing_emfile(tmp_path: Path) -> None:
+    """Output writes that fail with EMFILE are tried again (the job's pipes
+    paused meanwhile) and keep every byte once descriptors are free; if the
+    condition outlasts the retries, the loss is visible and reading resumes."""
+    from twisted.internet.task import Clock
+
+    from cmdd.spool import RETRY_DELAYS, OutputSpool
+
+    for times, lost in ((3, False), (len(RETRY_DELAYS) + 1, True)):
+        clock = Clock()
+        path = tmp_path / f"{times}.stdout"
+        flow: list[str] = []
+        spool = OutputSpool(
+            InlineIO(), str(path), cap=1000, ops=_TooManyOpenFiles(times), clock=clock  # type: ignore[arg-type]
+        )
+        spool.set_flow(partial(flow.append, "pause"), partial(flow.append, "resume"))
+        spool.write(b"first\n")
+        spool.write(b"second\n")
+        closed = spool.close()
+        for delay in RETRY_DELAYS:
+            clock.advance(delay)
+        assert closed.called
+        assert flow[0] == "pause" and flow[-1] == "resume"
+        if lost:
+            assert spool.truncated and spool.error is not None and "Too many open" in spool.error
+            assert not path.exists() or path.read_bytes() == b""
+        else:
+            assert path.read_bytes() == b"first\nsecond\n"
+            assert not spool.truncated and spool.error is None
