@@ -193,14 +193,36 @@ class Accounts:
             owner, now, lifetime, description, generation=user.generation, parent=parent_token
         )
         self.book.add(token)
-        await self._save()
+        try:
+            await self._save()
+        except OSError as e:
+            # Not on disk: a token that would vanish at the next restart is
+            # not handed out.
+            self.book.revoke(token.id)
+            raise _not_saved("the token could not be stored", e) from None
         return token, secret
 
     async def revoke_token(self, token_id: str) -> None:
         """Revoke at once (the next request with it, or with a token minted
-        from it, fails), then save."""
+        from it, fails), then save.
+
+        If the save fails (a full disk), the token stays revoked in this
+        daemon and the answer is a 503: the next token change that is saved
+        stores the revocation too; a restart before that brings it back.
+        """
         self.book.revoke(token_id)
-        await self._save()
+        try:
+            await self._save()
+        except OSError as e:
+            raise _not_saved(
+                "the token is revoked, but not on disk yet: a restart now would bring it back", e
+            ) from None
 
     def _save(self) -> Deferred[None]:
         return self._run_io(write_private_file, self.tokens_path, self.book.dumps())
+
+
+def _not_saved(message: str, error: OSError) -> ClientError:
+    """A 503 for a token change the disk refused (full, failing)."""
+    log.error("{message}: {why}", message=message, why=str(error))
+    return ClientError("STORAGE_UNAVAILABLE", message, status=503, headers={"Retry-After": "5"})

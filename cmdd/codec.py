@@ -16,9 +16,8 @@ from typing import Any
 
 from attrs import frozen
 
-from cmdd.errors import SpecError
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State
-from cmdd.spec import parse_spec
+from cmdd.spec import JobSpec
 
 FORMAT_VERSION = 1
 _CRC_SUFFIX_LEN = len(',"crc":"00000000"}')
@@ -56,7 +55,7 @@ def _event_fields(event: Event) -> dict[str, Any]:
         return {"type": "started", "job": event.job_id}
     if isinstance(event, Ended):
         outcome = event.outcome
-        return {
+        fields: dict[str, Any] = {
             "type": "ended",
             "job": event.job_id,
             "state": outcome.state.value,
@@ -69,6 +68,9 @@ def _event_fields(event: Event) -> dict[str, Any]:
             "stderr_truncated": outcome.stderr_truncated,
             "cancelled_by": outcome.cancelled_by,
         }
+        if outcome.output_error is not None:
+            fields["output_error"] = outcome.output_error
+        return fields
     return {"type": "deleted", "job": event.job_id, "by": event.by}
 
 
@@ -115,8 +117,57 @@ def decode(line: bytes) -> Record:
         # The whole line is JSON (the crc is its last field): no copy needed.
         fields = json.loads(line)
         return _record(fields)
-    except (ValueError, KeyError, TypeError, SpecError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptLine(f"undecodable record: {e}") from None
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strings(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError("expected an object of strings")
+    return value
+
+
+def _spec(fields: Any) -> JobSpec:
+    """A stored spec, decoded by its shape only (format version 1).
+
+    Not through L{cmdd.spec.parse_spec}: the API's rules for new jobs may
+    get stricter (a shorter limit, a field retired), and a journal written
+    under the old rules must still replay exactly. A change to the stored
+    shape gets a new format version and its own decoder here.
+    """
+    if not isinstance(fields, dict):
+        raise TypeError("spec is not an object")
+    line = fields.get("command_line")
+    if line is not None and not (isinstance(line, list) and all(isinstance(a, str) for a in line)):
+        raise TypeError("command_line is not a list of strings")
+    timeout = fields.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise TypeError("timeout is not a number")
+    spec = JobSpec(
+        command=_text_or_none(fields.get("command")),
+        command_line=None if line is None else tuple(line),
+        working_directory=_text_or_none(fields.get("working_directory")),
+        stdin=_text_or_none(fields.get("stdin")),
+        umask=_text_or_none(fields.get("umask")),
+        timeout=None if timeout is None else float(timeout),
+        user=_text_or_none(fields.get("user")),
+        **{
+            name: _strings(fields[name])
+            for name in ("environment", "labels")
+            if fields.get(name)
+        },
+    )
+    if (spec.command is None) == (spec.command_line is None):
+        raise ValueError("a stored spec has exactly one of command and command_line")
+    return spec
 
 
 def _record(fields: dict[str, Any]) -> Record:
@@ -128,7 +179,7 @@ def _record(fields: dict[str, Any]) -> Record:
     job_id = int(fields["job"])
     item: Event
     if kind == "created":
-        item = Created(job_id, at, parse_spec(fields["spec"]), fields.get("owner", "admin"))
+        item = Created(job_id, at, _spec(fields["spec"]), fields.get("owner", "admin"))
     elif kind == "started":
         item = Started(job_id, at)
     elif kind == "ended":
@@ -145,6 +196,7 @@ def _record(fields: dict[str, Any]) -> Record:
                 stdout_truncated=bool(fields["stdout_truncated"]),
                 stderr_truncated=bool(fields["stderr_truncated"]),
                 cancelled_by=fields.get("cancelled_by"),
+                output_error=fields.get("output_error"),
             ),
         )
     elif kind == "deleted":

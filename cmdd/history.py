@@ -1,8 +1,11 @@
 """Job history: the in-memory store and the journal that makes it durable.
 
-L{History.record} is the one place a state change happens: applied in
-memory at once, appended to the journal, and the returned Deferred says when
-it is on disk. Compaction and the retention policy live here too.
+L{History.record} is the one place a state change happens: checked at
+once against the job as it will be, appended to the journal, and applied to
+the store (which every reader sees) only once it is on disk. A record the
+journal refuses (a full disk) is never applied, so nothing refused is ever
+visible, and nothing it refused comes back after a restart. Compaction and
+the retention policy live here too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cmdd.codec import Meta, Record
-from cmdd.jobs import Deleted, Event, Job
+from cmdd.jobs import Deleted, Event, InvalidTransitionError, Job, apply_event
 from cmdd.store import JobStore
 
 log = Logger()
@@ -26,7 +29,12 @@ DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 
 
 class EventLog(Protocol):
-    """Where events are made durable (the journal, or memory in tests)."""
+    """Where events are made durable (the journal, or memory in tests).
+
+    When it refuses an append (its Deferred fails), it refuses every append
+    made before and not yet durable too: a refusal means that nothing in
+    flight will be in the log.
+    """
 
     size: int
 
@@ -108,26 +116,96 @@ class History:
         self._compaction_waiters: list[Deferred[int]] = []
         self.deleted_since_compaction = 0
         self.compactions = 0
+        #: Jobs with events in flight: as they will be once those are durable.
+        self._projected: dict[int, Job | None] = {}
+        self._in_flight: dict[int, int] = {}
+        #: Bumped by a refusal: events recorded before it are all refused.
+        self._generation = 0
+
+    def current(self, job_id: int) -> Job | None:
+        """The job as it will be once everything recorded is durable.
+
+        Decisions (may this job be cancelled, deleted, started?) are taken on
+        this view; readers see the store, which holds only durable events.
+        """
+        if job_id in self._projected:
+            return self._projected[job_id]
+        return self.store.get(job_id)
 
     def load(self, record: Record) -> None:
         """Apply one replayed journal record (no new write)."""
         load_record(self.store, record)
 
     def record(self, event: Event) -> tuple[Job | None, Deferred[None]]:
-        """Apply C{event} now; the Deferred fires once it is durable."""
-        job = self.store.record(event)
-        durable = self._log.append(event)
-        if isinstance(event, Deleted):
-            self.deleted_since_compaction += 1
+        """Append C{event}; it is applied to the store once it is durable.
+
+        @return: the job as the event makes it (C{None} if deleted) and a
+            Deferred that fires once the event is durable and applied, or
+            fails if the journal refused it (then nothing changed).
+        @raise cmdd.jobs.InvalidTransitionError: the event is impossible.
+        """
+        job_id = event.job_id
+        after = apply_event(self.current(job_id), event)
+        self._projected[job_id] = after
+        self._in_flight[job_id] = self._in_flight.get(job_id, 0) + 1
+        generation = self._generation
+        durable = self._log.append(event).addCallbacks(
+            self._applied, self._refused, callbackArgs=(event,), errbackArgs=(generation,)
+        )
         if (
             self._log.size >= self.compact_bytes
             and not self._compacting
             and self._compaction_can_shrink()
         ):
             self.compact().addErrback(
-                lambda failure: log.failure("journal compaction failed", failure)
+                lambda failure: log.error(
+                    "journal compaction failed: {why}", why=failure.getErrorMessage()
+                )
             )
-        return job, durable
+        return after, durable
+
+    def _applied(self, _: object, event: Event) -> None:
+        try:
+            self.store.record(event)
+        except InvalidTransitionError:
+            # Only a job retention dropped meanwhile (a deletion in flight).
+            log.info("event for a job retention dropped: {event!r}", event=event)
+        if isinstance(event, Deleted):
+            self.deleted_since_compaction += 1
+        left = self._in_flight.get(event.job_id, 0) - 1
+        if left > 0:
+            self._in_flight[event.job_id] = left
+        else:
+            self._in_flight.pop(event.job_id, None)
+            self._projected.pop(event.job_id, None)
+
+    def _refused(self, failure: Failure, generation: int) -> Failure:
+        if generation == self._generation:
+            # Every event in flight is refused with this one (see EventLog):
+            # the store, untouched by them, is the truth again.
+            self._generation += 1
+            self._projected.clear()
+            self._in_flight.clear()
+        return failure
+
+    def _projected_jobs(self) -> list[Job]:
+        """Every job as it will be once the events in flight are durable."""
+        jobs = []
+        for job in self.store.oldest_first():
+            if job.id in self._projected:
+                projected = self._projected[job.id]
+                if projected is None:
+                    continue
+                job = projected
+            jobs.append(job)
+        new = [
+            job
+            for job_id, job in self._projected.items()
+            if job is not None and self.store.get(job_id) is None
+        ]
+        if new:
+            jobs = sorted(jobs + new, key=lambda job: job.id)
+        return jobs
 
     def _compaction_can_shrink(self) -> bool:
         # A journal whose jobs were never deleted holds nothing to drop, and
@@ -147,7 +225,9 @@ class History:
         # drop a large share of a big history at once.
         self.store.forget(expired)
         self.deleted_since_compaction = 0
-        jobs = list(self.store.oldest_first())
+        # The snapshot holds the events in flight: the writer puts them in
+        # the old file before it compacts, or refuses the compaction too.
+        jobs = self._projected_jobs()
 
         def done(size: int) -> None:
             self.compactions += 1

@@ -63,6 +63,9 @@ class Outcome:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     cancelled_by: str | None = None
+    #: Why kept output is shorter than it should be (a full disk): the
+    #: truncated flags then say which stream lost bytes.
+    output_error: str | None = None
 
 
 @frozen
@@ -217,4 +220,5 @@ def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
             "stderr": outcome.stderr_truncated,
         },
         "cancelled_by": outcome.cancelled_by,
+        "output_error": outcome.output_error,
     }

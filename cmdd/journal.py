@@ -4,30 +4,52 @@ All writes and fsyncs happen on one dedicated thread, in submission order:
 an fsync takes milliseconds and must never stall the reactor. Appends that
 arrive while a write is in flight wait and go out together in the next one,
 so many requests share one fsync (group commit).
+
+A write that fails (a full disk, an I/O error, a short write, a failed
+fsync) never leaves part of a line behind: the file is cut back to the last
+size a successful write (and fsync) confirmed, and that batch and every
+record queued behind it are refused, so nothing that depended on a refused
+record is written either. A failed fsync is not retried: its records are
+refused and cut off, and the cut is synced before anything else is
+written. If the cut fails too, the writer refuses every record until the
+daemon restarts. See docs/journal.md, "Full disk and I/O errors".
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from cmdd.codec import CorruptLine, Meta, Record, decode, encode, job_events
-from cmdd.files import fsync_directory, open_replacement, write_all
+from cmdd.files import (
+    REAL_OPS,
+    FileOps,
+    fsync_directory,
+    open_replacement,
+    remove_quietly,
+    write_all,
+)
 from cmdd.jobs import Event, Job
 
 log = Logger()
 
 JOURNAL_NAME = "journal.jsonl"
 QUARANTINE_NAME = "journal.quarantine"
+COMPACT_SUFFIX = ".compact"
+
+
+class JournalFailed(Exception):  # noqa: N818 (reads better at the raise site)
+    """The journal refused a record: nothing of it is in the file."""
 
 
 class JournalCorrupt(Exception):  # noqa: N818 (reads better at the raise site)
@@ -179,156 +201,322 @@ def snapshot_lines(jobs: Iterable[Job], seq: int, at: float, next_id: int) -> It
             yield encode(seq, event)
 
 
-def write_atomically(path: str, lines: Iterable[bytes]) -> int:
+def _write_snapshot(path: str, lines: Iterable[bytes], ops: FileOps) -> tuple[str, int]:
+    """Write C{lines} to C{path}'s temporary file and fsync it.
+
+    On any failure, an interruption included, the temporary file is removed:
+    a compaction that did not finish leaves nothing behind.
+
+    @return: the temporary file's name and size.
+    """
+    temporary = path + COMPACT_SUFFIX
+    size = 0
+    fd = open_replacement(path, temporary, ops)
+    try:
+        try:
+            buffer: list[bytes] = []
+            buffered = 0
+            for line in lines:
+                buffer.append(line)
+                buffered += len(line)
+                if buffered >= 1 << 20:
+                    size += write_all(fd, b"".join(buffer), ops)
+                    buffer, buffered = [], 0
+            size += write_all(fd, b"".join(buffer), ops)
+            ops.fsync(fd)
+        finally:
+            ops.close(fd)
+    except BaseException:
+        remove_quietly(temporary, ops)
+        raise
+    return temporary, size
+
+
+def write_atomically(path: str, lines: Iterable[bytes], ops: FileOps = REAL_OPS) -> int:
     """Replace C{path} with C{lines}: temp file, fsync, rename, fsync dir.
 
     The new file keeps the old one's owner when root writes it (C{cmdd
-    journal compact} as root): see L{cmdd.files.open_replacement}.
+    journal compact} as root): see L{cmdd.files.open_replacement}. A failure
+    or an interruption (Ctrl-C) leaves the old file and no temporary one.
 
     @return: the new file's size.
     """
-    temporary = path + ".compact"
-    size = 0
-    fd = open_replacement(path, temporary)
+    temporary, size = _write_snapshot(path, lines, ops)
     try:
-        buffer: list[bytes] = []
-        buffered = 0
-        for line in lines:
-            buffer.append(line)
-            buffered += len(line)
-            if buffered >= 1 << 20:
-                size += write_all(fd, b"".join(buffer))
-                buffer, buffered = [], 0
-        size += write_all(fd, b"".join(buffer))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    fsync_directory(os.path.dirname(path))
+        ops.replace(temporary, path)
+    except BaseException:
+        remove_quietly(temporary, ops)
+        raise
+    fsync_directory(os.path.dirname(path), ops)
     return size
+
+
+@attrs.define
+class _Append:
+    line: bytes
+    waiter: Deferred[None]
+
+
+@attrs.define
+class _Compaction:
+    jobs: list[Job]
+    seq: int
+    at: float
+    next_id: int
+    waiter: Deferred[int]
 
 
 class JournalWriter:
     """Appends records to the journal on its own thread, with group commit.
 
     C{append} returns a Deferred that fires once the record is on disk
-    (fsync'd when C{fsync} is true; written to the OS otherwise).
+    (fsync'd when C{fsync} is true; written to the OS otherwise), or fails
+    with L{JournalFailed} when the journal refused it.
+
+    Work goes to the thread one task at a time: a batch of appends or a
+    compaction. When a task fails, the reactor learns it before anything
+    else is sent, and refuses everything queued behind it too.
+
+    @param reactor: runs the thread's results in the reactor.
+    @param path: the journal file.
+    @param fsync: whether a record is durable only once fsync'd.
+    @param seq: the sequence number of the last record already in the file.
+    @param ops: the file operations (a test makes them fail).
     """
 
-    def __init__(self, reactor: Any, path: str, *, fsync: bool = True, seq: int = 0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        path: str,
+        *,
+        fsync: bool = True,
+        seq: int = 0,
+        ops: FileOps = REAL_OPS,
+    ) -> None:
         self._reactor = reactor
         self.path = path
         self._fsync = fsync
+        self._ops = ops
         self.seq = seq
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cmdd-journal")
         self._fd: int | None = None
-        self._pending: list[bytes] = []
-        self._waiters: list[Deferred[None]] = []
-        self._outstanding = 0
+        #: The file's size as the last successful write (and fsync) left it;
+        #: owned by the thread while a task runs.
+        self._good = 0
+        self._queue: collections.deque[_Append | _Compaction] = collections.deque()
+        self._busy = False
         self._idle_waiters: list[Deferred[None]] = []
+        #: Why every append is refused until restart, once the journal
+        #: could not be put back into a known state.
+        self.broken: str | None = None
         self.size = 0
         self.batches = 0
+        self.refused = 0
 
     def open(self) -> None:
-        """Open the file for appending (creating it durably) and start the thread."""
+        """Open the file for appending (creating it durably) and start the thread.
+
+        A compaction's temporary file left by a crash is removed.
+        """
+        remove_quietly(self.path + COMPACT_SUFFIX, self._ops)
         created = not os.path.exists(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self._fd = self._ops.open(self.path, flags, 0o600)
         if created:
-            fsync_directory(os.path.dirname(self.path))
-        self.size = os.fstat(self._fd).st_size
+            fsync_directory(os.path.dirname(self.path), self._ops)
+        self.size = self._good = os.fstat(self._fd).st_size
         self._pool.start()
 
     def append(self, item: Event | Meta) -> Deferred[None]:
         """Queue a record; the Deferred fires once it is durable."""
+        if self.broken is not None or self._fd is None:
+            self.refused += 1
+            return fail(JournalFailed(self.broken or "the journal is closed"))
         self.seq += 1
-        self._pending.append(encode(self.seq, item))
         waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
-        if self._outstanding == 0:
-            self._submit_pending()
+        self._queue.append(_Append(encode(self.seq, item), waiter))
+        self._kick()
         return waiter
-
-    def _submit_pending(self) -> None:
-        data = b"".join(self._pending)
-        waiters = self._waiters
-        self._pending, self._waiters = [], []
-        self._run(self._write_batch, data).addCallbacks(
-            self._batch_done, self._batch_failed, callbackArgs=(waiters,), errbackArgs=(waiters,)
-        )
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        self._outstanding += 1
-        d: Deferred[Any] = deferToThreadPool(self._reactor, self._pool, fn, *args)
-        return d.addBoth(self._task_done)
-
-    def _task_done(self, result: object) -> object:
-        self._outstanding -= 1
-        return result
-
-    def _write_batch(self, data: bytes) -> int:
-        assert self._fd is not None
-        write_all(self._fd, data)
-        if self._fsync:
-            os.fdatasync(self._fd)
-        return len(data)
-
-    def _batch_done(self, written: int, waiters: list[Deferred[None]]) -> None:
-        self.batches += 1
-        self.size += written
-        for waiter in waiters:
-            waiter.callback(None)
-        self._after_task()
-
-    def _batch_failed(self, failure: Failure, waiters: list[Deferred[None]]) -> None:
-        log.failure("cannot write the journal {path}", failure, path=self.path)
-        for waiter in waiters:
-            waiter.errback(failure)
-        self._after_task()
-
-    def _after_task(self) -> None:
-        if self._outstanding:
-            return
-        if self._pending:
-            self._submit_pending()
-            return
-        idle, self._idle_waiters = self._idle_waiters, []
-        for waiter in idle:
-            waiter.callback(None)
 
     def compact(self, jobs: list[Job], at: float, next_id: int) -> Deferred[int]:
         """Rewrite the journal as C{jobs} (a snapshot taken now), atomically.
 
         Every record appended before this call is written to the old file
-        first (the thread runs tasks in order); every later one goes to the
-        new file, so none is lost or doubled.
+        first; every later one goes to the new file, so none is lost or
+        doubled. If one of the earlier records is refused, the compaction
+        is refused too (its snapshot holds that record).
         """
-        if self._pending:
-            self._submit_pending()
-        seq = self.seq
-        return self._run(self._compact_in_thread, jobs, seq, at, next_id).addBoth(
-            self._compaction_done
+        if self.broken is not None or self._fd is None:
+            return fail(JournalFailed(self.broken or "the journal is closed"))
+        waiter: Deferred[int] = Deferred()
+        self._queue.append(_Compaction(jobs, self.seq, at, next_id, waiter))
+        self._kick()
+        return waiter
+
+    def _kick(self) -> None:
+        if self._busy:
+            return
+        if not self._queue:
+            idle, self._idle_waiters = self._idle_waiters, []
+            for idle_waiter in idle:
+                idle_waiter.callback(None)
+            return
+        self._busy = True
+        head = self._queue[0]
+        if isinstance(head, _Compaction):
+            self._queue.popleft()
+            self._run(self._compact_in_thread, head).addCallbacks(
+                self._compaction_done,
+                self._compaction_failed,
+                callbackArgs=(head,),
+                errbackArgs=(head,),
+            )
+            return
+        batch: list[_Append] = []
+        while self._queue and isinstance(self._queue[0], _Append):
+            entry = self._queue.popleft()
+            assert isinstance(entry, _Append)
+            batch.append(entry)
+        data = b"".join(entry.line for entry in batch)
+        self._run(self._write_batch, data).addCallbacks(
+            self._batch_done, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
 
-    def _compact_in_thread(self, jobs: list[Job], seq: int, at: float, next_id: int) -> int:
-        size = write_atomically(self.path, snapshot_lines(jobs, seq, at, next_id))
-        old, self._fd = (
-            self._fd,
-            os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600),
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    # --- on the thread -------------------------------------------------------
+
+    def _write_batch(self, data: bytes) -> int:
+        assert self._fd is not None
+        good = self._good
+        try:
+            write_all(self._fd, data, self._ops)
+            if self._fsync:
+                self._ops.fdatasync(self._fd)
+        except OSError as e:
+            # Never leave part of a batch: a torn line with the next batch
+            # glued on would be damage in the middle of the file. A failed
+            # fsync is not retried: those records are cut and refused.
+            self._cut(good)
+            raise JournalFailed(f"cannot write the journal {self.path}: {e}") from e
+        self._good = good + len(data)
+        return len(data)
+
+    def _cut(self, good: int) -> None:
+        """Put the file back to C{good} bytes, durably; else refuse all."""
+        assert self._fd is not None
+        try:
+            self._ops.ftruncate(self._fd, good)
+            if self._fsync:
+                self._ops.fdatasync(self._fd)
+            size = os.fstat(self._fd).st_size
+            if size != good:
+                raise OSError(f"the file is {size} bytes after cutting it to {good}")
+        except OSError as e:
+            self.broken = (
+                f"the journal {self.path} could not be cut back after a failed write ({e}); "
+                "it refuses every record until cmdd restarts"
+            )
+
+    def _compact_in_thread(self, compaction: _Compaction) -> int:
+        try:
+            return self._compact(compaction)
+        except OSError as e:
+            raise JournalFailed(f"cannot compact the journal {self.path}: {e}") from e
+
+    def _compact(self, compaction: _Compaction) -> int:
+        assert self._fd is not None
+        temporary, size = _write_snapshot(
+            self.path,
+            snapshot_lines(compaction.jobs, compaction.seq, compaction.at, compaction.next_id),
+            self._ops,
         )
-        if old is not None:
-            os.close(old)
+        # Open the new file before it replaces the old one: if that fails,
+        # appends simply go on in the old file. Swapped only after the rename.
+        try:
+            new = self._ops.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except BaseException:
+            remove_quietly(temporary, self._ops)
+            raise
+        try:
+            self._ops.replace(temporary, self.path)
+        except BaseException:
+            self._ops.close(new)
+            remove_quietly(temporary, self._ops)
+            raise
+        old, self._fd, self._good = self._fd, new, size
+        try:
+            self._ops.close(old)
+        except OSError:
+            pass
+        try:
+            fsync_directory(os.path.dirname(self.path), self._ops)
+        except OSError as e:
+            # The rename may not be durable: appends to the new file could
+            # vanish with a power loss. Not retried (see _write_batch).
+            self.broken = (
+                f"the journal's directory could not be synced after compaction ({e}); "
+                "the journal refuses every record until cmdd restarts"
+            )
+            raise JournalFailed(self.broken) from e
         return size
 
-    def _compaction_done(self, result: object) -> object:
-        if isinstance(result, int):
-            self.size = result
-        self._after_task()
-        return result
+    # --- back in the reactor -------------------------------------------------
+
+    def _batch_done(self, written: int, batch: list[_Append]) -> None:
+        self._busy = False
+        self.batches += 1
+        self.size += written
+        for entry in batch:
+            entry.waiter.callback(None)
+        self._kick()
+
+    def _batch_failed(self, failure: Failure, batch: list[_Append]) -> None:
+        log.error(
+            "journal: refused {count} record(s): {why}",
+            count=len(batch),
+            why=failure.getErrorMessage(),
+        )
+        self._refuse_all(failure, batch)
+
+    def _refuse_all(self, failure: Failure, first: list[_Append]) -> None:
+        # Everything queued behind the failed task was queued before its
+        # failure was known, and may depend on it: refused too, in order.
+        behind, self._queue = self._queue, collections.deque()
+        self._busy = False
+        if not failure.check(JournalFailed):
+            failure = Failure(JournalFailed(failure.getErrorMessage()))
+        if self.broken is not None:
+            log.critical("{why}", why=self.broken)
+        for entry in [*first, *behind]:
+            self.refused += isinstance(entry, _Append)
+            entry.waiter.errback(failure)
+        self._kick()
+
+    def _compaction_done(self, size: int, compaction: _Compaction) -> None:
+        self._busy = False
+        self.size = size
+        compaction.waiter.callback(size)
+        self._kick()
+
+    def _compaction_failed(self, failure: Failure, compaction: _Compaction) -> None:
+        # A compaction that fails before its rename changes nothing: the
+        # appends behind it go on in the old file. One that leaves the
+        # journal broken refuses them.
+        if self.broken is not None:
+            self._busy = False
+            compaction.waiter.errback(failure)
+            self._refuse_all(failure, [])
+            return
+        self._busy = False
+        compaction.waiter.errback(failure)
+        self._kick()
 
     def when_idle(self) -> Deferred[None]:
-        """Fires when everything appended so far is on disk."""
+        """Fires when everything appended so far is on disk (or refused)."""
         waiter: Deferred[None] = Deferred()
-        if self._outstanding == 0 and not self._pending:
+        if not self._busy and not self._queue:
             waiter.callback(None)
         else:
             self._idle_waiters.append(waiter)
@@ -337,7 +525,7 @@ class JournalWriter:
     async def close(self) -> None:
         """Write what is pending, then close the file and stop the thread."""
         await self.when_idle()
-        self._pool.stop()
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            self._pool.stop()
+            self._ops.close(fd)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import signal
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 from twisted.application.service import Service
@@ -26,6 +26,11 @@ from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_o
 
 log = Logger()
 T = TypeVar("T")
+
+#: Seconds before a start or an end the journal refused is tried again
+#: (doubling up to L{RETRY_MAX_SECONDS}).
+RETRY_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
 
 
 @attrs.define
@@ -87,6 +92,7 @@ class JobManager(Service):
         self._pump_call: IDelayedCall | None = None
         self._stopping = False
         self._grace_call: IDelayedCall | None = None
+        self._backing_off = False
         self.submitted_total = 0
         self.store.add_listener(self._job_changed)
 
@@ -172,10 +178,19 @@ class JobManager(Service):
         assert job is not None
         self.submitted_total += 1
         # Queued at once: its start is journaled after its creation, and the
-        # process is spawned only once that start is durable.
+        # process is spawned only once that start is durable. If the
+        # creation is refused, so is the start (see History).
         self._queue.append(job.id)
         self._schedule_pump()
-        return durable.addCallbacks(lambda _: job, _journal_unavailable)
+
+        def refused(failure: Failure) -> Job:
+            try:
+                self._queue.remove(job.id)
+            except ValueError:
+                pass
+            return _not_durable(failure, "the job could not be recorded durably; it will not run")
+
+        return durable.addCallbacks(lambda _: job, refused)
 
     def cancel(self, job_id: int, by: str | None = None) -> Deferred[Job]:
         """Cancel a queued or running job; fires with the job once it is final.
@@ -184,7 +199,7 @@ class JobManager(Service):
 
         @raise ClientError: 404 unknown job, 409 already finished.
         """
-        job = self.get(job_id)
+        job = self._current(job_id)
         if job.state.final:
             raise ClientError(
                 "JOB_FINISHED",
@@ -194,9 +209,20 @@ class JobManager(Service):
         reason = f"cancelled by {by}" if by else "cancelled by request"
         run = self._running.get(job_id)
         if run is None:
+            if job_id not in self._queue:
+                # Its process ended and its end is being journaled.
+                return self.when_final(job_id)
             self._queue.remove(job_id)
             outcome = Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
-            self.history.record(Ended(job_id, self.clock.seconds(), outcome))
+            _, durable = self.history.record(Ended(job_id, self.clock.seconds(), outcome))
+
+            def refused(failure: Failure) -> Job:
+                # Still queued, as the journal says: it goes back in line.
+                self._queue.appendleft(job_id)
+                self._schedule_pump()
+                return _not_durable(failure, "the cancel could not be recorded durably")
+
+            return durable.addCallbacks(lambda _: self.when_final(job_id), refused)
         elif run.cancel_reason is None and run.exit is None:
             run.cancel_reason = reason
             run.cancelled_by = by
@@ -208,7 +234,7 @@ class JobManager(Service):
 
         @raise ClientError: 404 unknown job, 409 not finished yet.
         """
-        job = self.get(job_id)
+        job = self._current(job_id)
         if not job.state.final:
             raise ClientError(
                 "JOB_NOT_FINISHED",
@@ -217,8 +243,23 @@ class JobManager(Service):
             )
         _, durable = self.history.record(Deleted(job_id, self.clock.seconds(), by))
         # Files go only once the deletion is durable: a crash in between must
-        # not leave a job whose output is missing.
-        return durable.addCallback(lambda _: self.remove_outputs([job_id]))
+        # not leave a job whose output is missing. A refused deletion leaves
+        # the job as it was, in memory and on disk.
+        return durable.addCallbacks(
+            lambda _: self.remove_outputs([job_id]),
+            lambda failure: _not_durable(
+                failure, "the deletion could not be recorded durably; the job is kept"
+            ),
+        )
+
+    def _current(self, job_id: int) -> Job:
+        """The job as its recorded events make it (some may not be durable
+        yet), or a 404 error."""
+        self.get(job_id)
+        job = self.history.current(job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        return job
 
     def remove_outputs(self, job_ids: list[int]) -> Deferred[None]:
         """Delete these jobs' output files (on the I/O thread)."""
@@ -244,17 +285,15 @@ class JobManager(Service):
                     output_size(output_path(self.output_dir, job.id, stream))
                     for stream in ("stdout", "stderr")
                 )
-                self.history.record(
-                    Ended(
-                        job.id,
-                        now,
-                        Outcome(
-                            State.LOST,
-                            reason="the daemon stopped while the job ran; its outcome is unknown",
-                            stdout_bytes=stdout_bytes,
-                            stderr_bytes=stderr_bytes,
-                        ),
-                    )
+                self._record_end(
+                    job.id,
+                    now,
+                    Outcome(
+                        State.LOST,
+                        reason="the daemon stopped while the job ran; its outcome is unknown",
+                        stdout_bytes=stdout_bytes,
+                        stderr_bytes=stderr_bytes,
+                    ),
                 )
 
     # --- service -----------------------------------------------------------
@@ -319,22 +358,31 @@ class JobManager(Service):
                 waiter.callback(job)
             self._output_flushed(job.id)
 
-    def _schedule_pump(self) -> None:
+    def _schedule_pump(self, delay: float = 0) -> None:
         # Start processes after the current request's response is written,
         # and once for a burst of submissions.
         if self._pump_call is None or not self._pump_call.active():
-            self._pump_call = self.clock.callLater(0, self._pump)
+            self._pump_call = self.clock.callLater(delay, self._pump)
 
     def _pump(self) -> None:
-        while not self._stopping and self._queue and len(self._running) < self.limits.max_running:
-            self._start(self._queue.popleft())
+        self._backing_off = False
+        while (
+            not self._stopping
+            and not self._backing_off
+            and self._queue
+            and len(self._running) < self.limits.max_running
+        ):
+            job_id = self._queue.popleft()
+            job = self.history.current(job_id)
+            if job is not None and job.state is State.QUEUED:
+                self._start(job_id)
 
     def _start(self, job_id: int) -> None:
         run = _Run(job_id)
         self._running[job_id] = run
         _, durable = self.history.record(Started(job_id, self.clock.seconds()))
         durable.addCallbacks(
-            lambda _: self._spawn(run), lambda failure: self._spawn_refused(run, failure)
+            lambda _: self._spawn(run), lambda failure: self._start_refused(run, failure)
         ).addErrback(self._end_failed, run)
 
     def _spawn(self, run: _Run) -> None:
@@ -346,8 +394,12 @@ class JobManager(Service):
             return
         job = self.get(run.job_id)
         cap = self.limits.max_output_bytes
-        run.stdout = OutputSpool(self._io, output_path(self.output_dir, job.id, "stdout"), cap)
-        run.stderr = OutputSpool(self._io, output_path(self.output_dir, job.id, "stderr"), cap)
+        run.stdout, run.stderr = (
+            OutputSpool(
+                self._io, output_path(self.output_dir, job.id, stream), cap, clock=self.clock
+            )
+            for stream in ("stdout", "stderr")
+        )
         run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._output_flushed(job.id)
         try:
             assert self.executor is not None, "the composition root sets the executor"
@@ -367,15 +419,82 @@ class JobManager(Service):
             self._end_failed, run
         )
 
-    def _spawn_refused(self, run: _Run, failure: Failure) -> None:
-        # Its start could not be journaled: running it would break the
-        # promise that a restart never runs a job twice.
-        self._end(run, Outcome(State.NOT_EXECUTED, reason="the journal could not be written"))
+    def _start_refused(self, run: _Run, failure: Failure) -> None:
+        # Its start could not be journaled, so it is not spawned: a restart
+        # must never run a job twice. It is still queued, as the journal
+        # says, unless its creation was refused too (then it never existed).
+        del self._running[run.job_id]
+        job = self.history.current(run.job_id)
+        if job is None:
+            return
+        if run.cancel_reason is not None:
+            outcome = Outcome(
+                State.CANCELLED, reason=run.cancel_reason, cancelled_by=run.cancelled_by
+            )
+            self._record_end(run.job_id, self.clock.seconds(), outcome)
+            return
+        log.warn(
+            "job {job_id} stays queued: its start could not be journaled ({why})",
+            job_id=run.job_id,
+            why=failure.getErrorMessage(),
+        )
+        self._queue.appendleft(run.job_id)
+        # No more starts until the journal had a moment (a refusal may come
+        # at once, from inside the pump).
+        self._backing_off = True
+        self._schedule_pump(RETRY_SECONDS)
 
     def _end(self, run: _Run, outcome: Outcome) -> None:
         del self._running[run.job_id]
-        self.history.record(Ended(run.job_id, self.clock.seconds(), outcome))
+        self._record_end(run.job_id, self.clock.seconds(), outcome)
         self._schedule_pump()
+
+    def _record_end(
+        self, job_id: int, at: float, outcome: Outcome, delay: float | None = None
+    ) -> None:
+        """Journal a job's end; if refused, try again until it is taken.
+
+        Its process is gone: the end is a fact, and the job shows as it was
+        (running) until the fact is durable. Stopping gives up instead:
+        after a restart such a job is C{lost}.
+        """
+        job = self.history.current(job_id)
+        if job is None or job.state.final:
+            return
+        wait = RETRY_SECONDS if delay is None else delay
+        _, durable = self.history.record(Ended(job_id, at, outcome))
+
+        def refused(failure: Failure) -> None:
+            # Whoever waits for the end (a cancel, a long poll, the stop)
+            # hears now that it is not durable rather than wait for the disk.
+            unavailable = ClientError(
+                "JOURNAL_UNAVAILABLE",
+                f"job {job_id} ended but its end could not be recorded durably yet",
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+            for waiter in self._final_waiters.pop(job_id, []):
+                waiter.errback(unavailable)
+            if self._stopping:
+                log.error(
+                    "job {job_id} ended {state} but the journal refused its end ({why}); "
+                    "after a restart it is lost",
+                    job_id=job_id,
+                    state=outcome.state.value,
+                    why=failure.getErrorMessage(),
+                )
+                return
+            log.warn(
+                "job {job_id}: its end could not be journaled ({why}); trying again in {delay} s",
+                job_id=job_id,
+                why=failure.getErrorMessage(),
+                delay=wait,
+            )
+            self.clock.callLater(
+                wait, self._record_end, job_id, at, outcome, min(2 * wait, RETRY_MAX_SECONDS)
+            )
+
+        durable.addErrback(refused)
 
     def _time_out(self, run: _Run) -> None:
         run.timeout_call = None
@@ -430,6 +549,7 @@ class JobManager(Service):
                 stdout_truncated=run.stdout.truncated,
                 stderr_truncated=run.stderr.truncated,
                 cancelled_by=run.cancelled_by,
+                output_error=run.stdout.error or run.stderr.error,
             ),
         )
 
@@ -449,10 +569,12 @@ def _new_waiter(registry: dict[int, list[Deferred[T]]], job_id: int) -> Deferred
     return waiter
 
 
-def _journal_unavailable(failure: Failure) -> Job:
+def _not_durable(failure: Failure, message: str) -> NoReturn:
+    """A 503 for a change the journal refused (a full or failing disk)."""
+    log.warn("{message}: {why}", message=message, why=failure.getErrorMessage())
     raise ClientError(
         "JOURNAL_UNAVAILABLE",
-        "the job could not be recorded durably; it will not run",
+        message,
         status=503,
         headers={"Retry-After": "5"},
     )

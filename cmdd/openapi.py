@@ -90,6 +90,7 @@ RESULT = {
         "stderr_bytes": {"type": "integer"},
         "truncated": {"type": "object"},
         "cancelled_by": {"type": ["string", "null"]},
+        "output_error": {"type": ["string", "null"]},
         "started": _TIME,
         "completed": _TIME,
         "duration": {"type": ["number", "null"]},

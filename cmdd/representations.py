@@ -86,7 +86,7 @@ STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})
 RESULT_FIELDS = frozenset(
     {
         "id", "state", "exit_code", "signal", "reason", "stdout_bytes", "stderr_bytes",
-        "truncated", "cancelled_by", "started", "completed", "duration", "links",
+        "truncated", "cancelled_by", "output_error", "started", "completed", "duration", "links",
     }
 )  # fmt: skip
 

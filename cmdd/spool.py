@@ -21,11 +21,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+from cmdd.files import REAL_OPS, FileOps, write_all
 
 log = Logger()
 
@@ -36,6 +38,14 @@ STREAMS = ("stdout", "stderr")
 #: Unwritten bytes per stream above which the child's pipes stop being read
 #: (the kernel then blocks the child), until the I/O thread catches up.
 HIGH_WATER = 1024 * 1024
+
+#: Errors that pass (too many open files, memory, a disk being cleaned up):
+#: a write that fails with one is tried again after each of these delays,
+#: with the job's pipes paused, before its output is given up as lost.
+TRANSIENT_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT}
+)
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class IOWorker:
@@ -69,14 +79,18 @@ Written = tuple[int, int, int]
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _append(path: str, data: bytes, written: Written | None) -> Written:
+def _append(
+    path: str, data: bytes, written: Written | None, ops: FileOps = REAL_OPS
+) -> Written:
     """Append C{data} to the file this spool has C{written}, or create it if None.
 
     Creating first removes whatever has the name (a stale file, a planted
     symlink or hard link: unlinking never touches what a link points to),
     then creates a new file exclusively. A later write that finds anything
     else under the name (a symlink, which C{O_NOFOLLOW} refuses, or a file
-    of another inode or size) fails rather than write into it.
+    of another inode or size) fails rather than write into it. A write that
+    fails (a full disk) is cut off again: the file then holds exactly what
+    the spool counts as kept.
     """
     if written is None:
         try:
@@ -86,17 +100,22 @@ def _append(path: str, data: bytes, written: Written | None) -> Written:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NO_FOLLOW
     else:
         flags = os.O_WRONLY | os.O_APPEND | _NO_FOLLOW
-    fd = os.open(path, flags, 0o600)
+    fd = ops.open(path, flags, 0o600)
     try:
         info = os.fstat(fd)
         found = (info.st_dev, info.st_ino, info.st_size)
         if written is not None and found != written:
             raise OSError(errno.EEXIST, "no longer the output file cmdd created", path)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        try:
+            write_all(fd, data, ops)
+        except OSError:
+            try:
+                ops.ftruncate(fd, found[2])
+            except OSError:
+                pass
+            raise
     finally:
-        os.close(fd)
+        ops.close(fd)
     return (found[0], found[1], found[2] + len(data))
 
 
@@ -191,10 +210,19 @@ class OutputSpool:
         io: IOWorker,
         path: str,
         cap: int,
+        ops: FileOps = REAL_OPS,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._io = io
+        #: Times retries of transient failures; without one, none is retried.
+        self._clock = clock
+        self._retries = 0
+        self._writing = b""
         self.path = path
         self._cap = cap
+        self._ops = ops
+        #: Why output was lost (the file could not be written), if it was.
+        self.error: str | None = None
         self._pause: Callable[[], None] = _nothing
         self._resume: Callable[[], None] = _nothing
         self.total = 0
@@ -243,11 +271,13 @@ class OutputSpool:
         if self._paused:
             self._paused = False
             self._resume()
-        self._in_flight = self._io.run(_append, self.path, data, self._file)
+        self._writing = data
+        self._in_flight = self._io.run(_append, self.path, data, self._file, self._ops)
         self._in_flight.addCallbacks(self._written, self._write_failed)
 
     def _written(self, file: Written) -> None:
         self._file = file
+        self._retries = 0
         self._write_done()
 
     def _write_done(self) -> None:
@@ -261,11 +291,44 @@ class OutputSpool:
                 closer.callback(None)
 
     def _write_failed(self, failure: Failure) -> None:
-        # A full or broken disk: keep counting output, stop spooling it.
-        log.failure("cannot write output to {path}", failure, path=self.path)
+        error = failure.value
+        if (
+            self._clock is not None
+            and isinstance(error, OSError)
+            and error.errno in TRANSIENT_ERRORS
+            and self._retries < len(RETRY_DELAYS)
+        ):
+            # The failed write was cut back out of the file: write it again
+            # later, the child blocked meanwhile, instead of losing it.
+            delay = RETRY_DELAYS[self._retries]
+            self._retries += 1
+            log.warn(
+                "cannot write output to {path} ({why}); trying again in {delay} s",
+                path=self.path,
+                why=str(error),
+                delay=delay,
+            )
+            self._pending.insert(0, self._writing)
+            self._pending_bytes += len(self._writing)
+            if not self._paused:
+                self._paused = True
+                self._pause()
+            self._in_flight = Deferred()  # busy: no other write starts meanwhile
+            self._clock.callLater(delay, self._flush)
+            return
+        # A full or broken disk: keep counting output, stop spooling it, and
+        # say so: what is kept is what is in the file, the rest is truncated.
+        why = failure.getErrorMessage()
+        log.error("cannot write output to {path}: {why}", path=self.path, why=why)
         self.failed = True
+        stream = os.path.basename(self.path).rsplit(".", 1)[-1]
+        self.error = f"{stream} output lost: its file could not be written ({why})"
+        self.kept = 0 if self._file is None else self._file[2]
         self._pending = []
         self._pending_bytes = 0
+        if self._paused:
+            self._paused = False
+            self._resume()
         self._write_done()
 
     def close(self) -> Deferred[None]:

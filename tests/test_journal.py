@@ -282,3 +282,19 @@ def test_bulk_forget_keeps_indexes_exact() -> None:
     assert list(store.narrowest_index(owner="bob") or []) == [11]
     assert list(store.narrowest_index(labels=[("k", "v")]) or []) == [1, 3, 5, 7, 9, 11]
     assert store.counts[State.FAILED] == 5 and len(store) == 6
+
+
+def test_stored_specs_replay_even_if_the_api_rules_tighten(tmp_path: Path) -> None:
+    """A job accepted under older, looser API rules (here: a timeout and a
+    label the rules of today refuse) still replays exactly: stored specs are
+    decoded by shape, not re-validated."""
+    from cmdd.spec import JobSpec
+
+    spec = JobSpec(command_line=("true",), timeout=10**9, labels={"-bad key-": "v"})
+    with pytest.raises(Exception):  # noqa: B017 (any SpecError: today's rules refuse it)
+        parse_spec({"command_line": ["true"], "timeout": 10**9, "labels": {"-bad key-": "v"}})
+    path = tmp_path / "journal.jsonl"
+    write(path, [Created(1, 1.0, spec)])
+    store, _ = load(path)
+    job = store.get(1)
+    assert job is not None and job.spec == spec
