@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
 
 from cmdd.errors import ClientError
+from cmdd.wirejson import JSON_TYPE, encode_json, reason_phrase
 
 #: Seconds from a request's first byte to its last (line, headers, body).
 RECEIVE_TIMEOUT = 30.0
@@ -45,9 +46,6 @@ MAX_HEADERS = 100
 
 def json_response(status: int, error: ClientError) -> bytes:
     """A whole HTTP/1.1 response carrying C{error} as JSON; the connection closes."""
-    # Imported here: cmdd.web imports this module for its Site.
-    from cmdd.web import JSON_TYPE, encode_json, reason_phrase
-
     body = encode_json(error.to_json())
     head = [
         b"HTTP/1.1 %d %s" % (status, reason_phrase(status)),

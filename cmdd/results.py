@@ -24,7 +24,7 @@ from twisted.web.iweb import IRequest
 
 from cmdd.follow import Flow
 from cmdd.spool import read_output
-from cmdd.web import JSON_TYPE, encode_json
+from cmdd.wirejson import JSON_TYPE, encode_json
 
 #: Bytes of output read, decoded and escaped at a time.
 CHUNK = 64 * 1024

@@ -14,13 +14,11 @@ import io
 import json
 import math
 import re
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 from werkzeug.datastructures import MIMEAccept
@@ -28,10 +26,10 @@ from werkzeug.http import parse_accept_header, parse_options_header
 
 from cmdd.channel import JsonChannel
 from cmdd.errors import ClientError
+from cmdd.wirejson import JSON_TYPE, encode_json, reason_phrase
 
 log = Logger()
 
-JSON_TYPE = b"application/json; charset=utf-8"
 DEFAULT_MAX_BODY = 1024 * 1024
 #: Request bodies held in memory across all connections (a module constant
 #: until the config file grows a setting for it).
@@ -229,31 +227,6 @@ def make_site(
     _Request.budget = BodyBudget(body_budget)
     site.requestFactory = _Request
     return site
-
-
-def reason_phrase(status: int) -> bytes:
-    """The standard reason phrase of C{status}.
-
-    Twisted's table lacks some (429, 422), and its status line would then
-    read "429 Unknown Status"; Python's C{HTTPStatus} fills the gaps.
-    """
-    phrase = RESPONSES.get(status)
-    if phrase is None:
-        try:
-            phrase = HTTPStatus(status).phrase.encode("ascii")
-        except ValueError:
-            phrase = b"Unknown Status"
-    return phrase
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON with a final newline (friendly to curl users).
-
-    C{backslashreplace} turns a lone surrogate (possible in a client's echoed
-    field name) into a valid JSON C{\\uXXXX} escape instead of failing.
-    """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return (text + "\n").encode("utf-8", "backslashreplace")
 
 
 def respond_json(
