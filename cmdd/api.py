@@ -196,7 +196,7 @@ class CmddAPI:
     @app.route("/api/jobs", methods=["POST"])
     async def submit(self, request: IRequest) -> bytes:
         principal = principal_of(request)
-        spec = parse_spec(read_json(request))
+        spec = parse_spec(read_json(request), now=self._manager.clock.seconds())
         if spec.user is not None:
             self._run_as.check(principal, spec.user)
         job = await self._manager.submit(spec, owner=principal.name)

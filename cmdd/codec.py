@@ -16,7 +16,18 @@ from typing import Any
 
 from attrs import frozen
 
-from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State
+from cmdd.jobs import (
+    Created,
+    Deleted,
+    Ended,
+    Event,
+    Job,
+    Modified,
+    Outcome,
+    Released,
+    Started,
+    State,
+)
 from cmdd.spec import JobSpec
 
 FORMAT_VERSION = 1
@@ -43,14 +54,28 @@ class Record:
     item: Event | Meta
 
 
+def _spec_fields(spec: JobSpec) -> dict[str, Any]:
+    fields = spec.to_json()
+    if spec.run_at is not None:
+        fields["run_at"] = spec.run_at  # the exact float, not the text
+    return fields
+
+
 def _event_fields(event: Event) -> dict[str, Any]:
     if isinstance(event, Created):
-        return {
+        created: dict[str, Any] = {
             "type": "created",
             "job": event.job_id,
             "owner": event.owner,
-            "spec": event.spec.to_json(),
+            "spec": _spec_fields(event.spec),
         }
+        if event.schedule_id is not None:
+            created["schedule"] = event.schedule_id
+        return created
+    if isinstance(event, Released):
+        return {"type": "released", "job": event.job_id}
+    if isinstance(event, Modified):
+        return {"type": "modified", "job": event.job_id, "spec": _spec_fields(event.spec)}
     if isinstance(event, Started):
         return {"type": "started", "job": event.job_id}
     if isinstance(event, Ended):
@@ -76,7 +101,9 @@ def _event_fields(event: Event) -> dict[str, Any]:
 
 def job_events(job: Job) -> list[Event]:
     """Events that rebuild C{job} exactly as it is (for compaction)."""
-    events: list[Event] = [Created(job.id, job.created, job.spec, job.owner)]
+    events: list[Event] = [Created(job.id, job.created, job.spec, job.owner, job.schedule_id)]
+    if job.released is not None:
+        events.append(Released(job.id, job.released))
     if job.started is not None:
         events.append(Started(job.id, job.started))
     if job.outcome is not None and job.completed is not None:
@@ -151,7 +178,11 @@ def _spec(fields: Any) -> JobSpec:
     timeout = fields.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise TypeError("timeout is not a number")
+    run_at = fields.get("run_at")
+    if run_at is not None and (isinstance(run_at, bool) or not isinstance(run_at, int | float)):
+        raise TypeError("run_at is not a number")
     spec = JobSpec(
+        run_at=None if run_at is None else float(run_at),
         command=_text_or_none(fields.get("command")),
         command_line=None if line is None else tuple(line),
         working_directory=_text_or_none(fields.get("working_directory")),
@@ -179,7 +210,18 @@ def _record(fields: dict[str, Any]) -> Record:
     job_id = int(fields["job"])
     item: Event
     if kind == "created":
-        item = Created(job_id, at, _spec(fields["spec"]), fields.get("owner", "admin"))
+        schedule = fields.get("schedule")
+        item = Created(
+            job_id,
+            at,
+            _spec(fields["spec"]),
+            fields.get("owner", "admin"),
+            None if schedule is None else int(schedule),
+        )
+    elif kind == "released":
+        item = Released(job_id, at)
+    elif kind == "modified":
+        item = Modified(job_id, at, _spec(fields["spec"]))
     elif kind == "started":
         item = Started(job_id, at)
     elif kind == "ended":

@@ -19,7 +19,19 @@ from twisted.python.failure import Failure
 
 from cmdd.errors import ClientError, not_found
 from cmdd.history import History
-from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
+from cmdd.jobs import (
+    Created,
+    Deleted,
+    Ended,
+    Event,
+    Job,
+    Modified,
+    Outcome,
+    Released,
+    Started,
+    State,
+    final_state,
+)
 from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
 from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_outputs
@@ -39,6 +51,8 @@ class Limits:
 
     max_running: int = 8
     max_queued: int = 10_000
+    #: Jobs waiting for their C{run_at} (they hold no queue place until then).
+    max_scheduled: int = 100_000
     max_output_bytes: int = 16 * 1024 * 1024
     default_timeout: float | None = None
     kill_grace: float = 5.0
@@ -151,8 +165,12 @@ class JobManager(Service):
 
     # --- commands ----------------------------------------------------------
 
-    def submit(self, spec: JobSpec, owner: str = "admin") -> Deferred[Job]:
+    def submit(
+        self, spec: JobSpec, owner: str = "admin", schedule_id: int | None = None
+    ) -> Deferred[Job]:
         """Accept a job; the Deferred fires once its creation is durable.
+
+        A job with a C{run_at} is C{scheduled}: L{release} queues it later.
 
         @raise ClientError: 503 while stopping or when the queue is full.
         """
@@ -163,7 +181,15 @@ class JobManager(Service):
                 status=503,
                 headers={"Retry-After": "5"},
             )
-        if len(self._queue) >= self.limits.max_queued:
+        scheduled = spec.run_at is not None
+        if scheduled and self.store.counts[State.SCHEDULED] >= self.limits.max_scheduled:
+            raise ClientError(
+                "TOO_MANY_SCHEDULED",
+                f"{self.limits.max_scheduled} jobs are already scheduled; try again later",
+                status=503,
+                headers={"Retry-After": "60"},
+            )
+        if not scheduled and len(self._queue) >= self.limits.max_queued:
             raise ClientError(
                 "QUEUE_FULL",
                 f"{len(self._queue)} jobs are already waiting; try again later",
@@ -173,10 +199,17 @@ class JobManager(Service):
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         job, durable = self.history.record(
-            Created(self.store.allocate_id(), self.clock.seconds(), spec, owner)
+            Created(self.store.allocate_id(), self.clock.seconds(), spec, owner, schedule_id)
         )
         assert job is not None
         self.submitted_total += 1
+        if scheduled:
+            return durable.addCallbacks(
+                lambda _: job,
+                lambda failure: _not_durable(
+                    failure, "the job could not be recorded durably; it will not run"
+                ),
+            )
         # Queued at once: its start is journaled after its creation, and the
         # process is spawned only once that start is durable. If the
         # creation is refused, so is the start (see History).
@@ -209,6 +242,14 @@ class JobManager(Service):
         reason = f"cancelled by {by}" if by else "cancelled by request"
         run = self._running.get(job_id)
         if run is None:
+            if job.state is State.SCHEDULED:
+                _, durable = self.history.record(
+                    Ended(job_id, self.clock.seconds(), _cancelled(reason, by))
+                )
+                return durable.addCallbacks(
+                    lambda _: self.when_final(job_id),
+                    lambda failure: _not_durable(failure, "the cancel could not be recorded"),
+                )
             if job_id not in self._queue:
                 # Its process ended and its end is being journaled.
                 return self.when_final(job_id)
@@ -228,6 +269,58 @@ class JobManager(Service):
             run.cancelled_by = by
             self._terminate(run)
         return self.when_final(job_id)
+
+    def release(self, job_id: int) -> Deferred[None]:
+        """Queue a scheduled job whose C{run_at} came; fires once that is durable.
+
+        Queued at once, like a submit: its start is journaled after the release.
+        """
+        job = self.history.current(job_id)
+        if job is None or job.state is not State.SCHEDULED or self._stopping:
+            return succeed(None)
+        _, durable = self.history.record(Released(job_id, self.clock.seconds()))
+        self._queue.append(job_id)
+        self._schedule_pump()
+
+        def refused(failure: Failure) -> Failure:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            return failure
+
+        return durable.addErrback(refused)
+
+    def modify(self, job_id: int, spec: JobSpec) -> Deferred[Job]:
+        """Replace the spec of a job that has not started (a new C{run_at}
+        schedules it again; none queues it now).
+
+        @raise ClientError: 404 unknown job, 409 once it runs or ended.
+        """
+        job = self._current(job_id)
+        if job.state not in (State.SCHEDULED, State.QUEUED) or job_id in self._running:
+            raise ClientError(
+                "JOB_STARTED",
+                f"job {job_id} is {job.state.value}; only a job that has not started changes",
+                status=409,
+            )
+        after, durable = self.history.record(Modified(job_id, self.clock.seconds(), spec))
+        assert after is not None
+        moved = after.state is not job.state
+        if moved and after.state is State.QUEUED:
+            self._queue.append(job_id)
+            self._schedule_pump()
+        elif moved and job_id in self._queue:
+            self._queue.remove(job_id)
+
+        def refused(failure: Failure) -> Job:
+            # Unchanged, as the journal says: back where it was.
+            if moved and job_id in self._queue:
+                self._queue.remove(job_id)
+            elif moved and job.state is State.QUEUED:
+                self._queue.appendleft(job_id)
+                self._schedule_pump()
+            return _not_durable(failure, "the change could not be recorded durably")
+
+        return durable.addCallbacks(lambda _: self.get(job_id), refused)
 
     def delete(self, job_id: int, by: str | None = None) -> Deferred[None]:
         """Remove a finished job and its output files (C{by}: who asked).
@@ -567,6 +660,10 @@ def _new_waiter(registry: dict[int, list[Deferred[T]]], job_id: int) -> Deferred
     waiter: Deferred[T] = Deferred(waiters.remove)
     waiters.append(waiter)
     return waiter
+
+
+def _cancelled(reason: str, by: str | None) -> Outcome:
+    return Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
 
 
 def _not_durable(failure: Failure, message: str) -> NoReturn:

@@ -10,7 +10,6 @@ import binascii
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -18,17 +17,12 @@ import attrs
 from cmdd.errors import ClientError
 from cmdd.jobs import Job, State
 from cmdd.store import JobStore
+from cmdd.timefmt import NotRFC3339, parse_rfc3339
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SORTS = ("-created", "created", "completed", "-completed", "duration", "-duration")
 _REPEATABLE = frozenset({"state", "label"})
-#: RFC 3339 section 5.6 date-time, and nothing else ISO 8601 allows (week or
-#: ordinal dates, no separators, no zone, hour 24, a comma before fractions).
-_RFC3339 = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z"
-)
 #: A number as JSON writes one (RFC 8259 section 6), ASCII only: Python's
 #: int() and float() also take "+1", " 1", "1_0", other scripts' digits,
 #: "nan" and "inf", none of them a number in a query.
@@ -50,24 +44,14 @@ def _bad(name: str, message: str) -> ClientError:
 
 def parse_time(name: str, text: str) -> float:
     """An RFC 3339 timestamp (with a zone) as Unix seconds."""
-    match = _RFC3339.match(text)
-    if match is None:
-        raise _bad(name, "must be an RFC 3339 time with a zone, such as 2026-11-22T10:00:00Z")
-    year, month, day, hour, minute, second, fraction, utc, sign, zh, zm = match.groups()
     try:
-        zone = UTC
-        if not utc:
-            if int(zh) > 23 or int(zm) > 59:
-                raise ValueError("offset out of range")
-            offset = timedelta(hours=int(zh), minutes=int(zm))
-            zone = timezone(-offset if sign == "-" else offset)
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            int((fraction or "0").ljust(6, "0")[:6]), tzinfo=zone,
-        )  # fmt: skip
-    except ValueError:
-        raise _bad(name, "is not a real date and time") from None
-    return moment.timestamp()
+        return parse_rfc3339(text)
+    except NotRFC3339 as e:
+        if e.syntax_ok:
+            raise _bad(name, "is not a real date and time") from None
+        raise _bad(
+            name, "must be an RFC 3339 time with a zone, such as 2026-11-22T10:00:00Z"
+        ) from None
 
 
 @attrs.frozen

@@ -15,10 +15,11 @@ from typing import Any
 from attrs import frozen
 
 from cmdd.errors import SpecError
+from cmdd.timefmt import NotRFC3339, format_rfc3339, parse_rfc3339
 
 #: Fields the design names but this server does not implement yet: rejected
 #: with a clear code instead of being silently ignored.
-UNSUPPORTED_FIELDS = frozenset({"run_at", "webhooks"})
+UNSUPPORTED_FIELDS = frozenset({"webhooks"})
 
 KNOWN_FIELDS = frozenset(
     {
@@ -31,6 +32,7 @@ KNOWN_FIELDS = frozenset(
         "timeout",
         "labels",
         "user",
+        "run_at",
     }
 )
 
@@ -42,6 +44,8 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE_CHARS = 256
 MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0
 MAX_PATH_CHARS = 4096
+#: How far ahead a C{run_at} may be: a typo in the year is refused, not kept.
+MAX_RUN_AHEAD_SECONDS = 5 * 366 * 86400.0
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
@@ -65,6 +69,8 @@ class JobSpec:
     timeout: float | None = None
     labels: Mapping[str, str] = _EMPTY
     user: str | None = None
+    #: When the job may start (Unix seconds); until then it is C{scheduled}.
+    run_at: float | None = None
 
     def argv(self) -> tuple[str, ...]:
         """The argument vector to execute: C{/bin/sh -c command} or the list."""
@@ -98,6 +104,8 @@ class JobSpec:
             out["labels"] = dict(self.labels)
         if self.user is not None:
             out["user"] = self.user
+        if self.run_at is not None:
+            out["run_at"] = format_rfc3339(self.run_at, "microseconds")
         return out
 
 
@@ -195,8 +203,33 @@ def _parse_timeout(value: object) -> float:
     return seconds
 
 
-def parse_spec(body: object) -> JobSpec:
+def parse_run_at(value: object, now: float | None) -> float:
+    """A C{run_at}: RFC 3339 with a zone, at most L{MAX_RUN_AHEAD_SECONDS}
+    after C{now} (unchecked without C{now})."""
+    if not isinstance(value, str):
+        raise SpecError("INVALID_RUN_AT", "run_at must be an RFC 3339 string", "run_at")
+    try:
+        when = parse_rfc3339(value)
+    except NotRFC3339 as e:
+        message = (
+            "run_at is not a real date and time"
+            if e.syntax_ok
+            else "run_at must be an RFC 3339 time with an offset, such as 2026-11-22T10:00:00Z"
+        )
+        raise SpecError("INVALID_RUN_AT", message, "run_at") from None
+    if now is not None and when > now + MAX_RUN_AHEAD_SECONDS:
+        raise SpecError(
+            "INVALID_RUN_AT",
+            f"run_at is more than {MAX_RUN_AHEAD_SECONDS / 86400:.0f} days ahead",
+            "run_at",
+        )
+    return when
+
+
+def parse_spec(body: object, now: float | None = None) -> JobSpec:
     """Validate a decoded JSON body and return the job spec it describes.
+
+    C{now} (Unix seconds) bounds how far ahead C{run_at} may be.
 
     @raise SpecError: for the first problem found, naming the field.
     """
@@ -269,7 +302,11 @@ def parse_spec(body: object) -> JobSpec:
         user = _text(body["user"], "user", "INVALID_USER", 32)
         if not _UNIX_USER.match(user):
             raise SpecError("INVALID_USER", "user must be a Unix user name", "user")
+    run_at = None
+    if body.get("run_at") is not None:
+        run_at = parse_run_at(body["run_at"], now)
     return JobSpec(
+        run_at=run_at,
         user=user,
         command=command,
         command_line=command_line,

@@ -44,6 +44,7 @@ from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data
 from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
 from cmdd.manager import JobManager, Limits
+from cmdd.runat import RunAtService
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
@@ -239,6 +240,7 @@ class CmddService(MultiService):
                 stop_grace=settings.stop_grace,
             ),
         )
+        self.run_at = RunAtService(self.manager, reactor)
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.api = CmddAPI(
             self.manager,
@@ -298,6 +300,7 @@ class CmddService(MultiService):
         signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
         self.manager.startService()
+        self.run_at.startService()
         self._reactor.callWhenRunning(self._now_running)
         log.info(
             "cmdd {version} serving on {listen}; data in {data_dir}",
@@ -431,6 +434,7 @@ class CmddService(MultiService):
         self.readiness.draining()
         if self._users_watch.running:
             self._users_watch.stop()
+        self.run_at.stopService()
         await self.manager.stopService()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)

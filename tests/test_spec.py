@@ -61,7 +61,12 @@ def test_all_fields() -> None:
         ({"command": "x", "cmd": "y"}, "UNKNOWN_FIELD"),
         ({"command": "x", "user": "Not A User"}, "INVALID_USER"),
         ({"command": "x", "user": 0}, "INVALID_USER"),
-        ({"command": "x", "run_at": "2030-01-01T00:00:00Z"}, "UNSUPPORTED_FIELD"),
+        ({"command": "x", "run_at": "2030-01-01T00:00:00"}, "INVALID_RUN_AT"),
+        ({"command": "x", "run_at": "2030-01-01 00:00:00Z"}, "INVALID_RUN_AT"),
+        ({"command": "x", "run_at": "2030-02-30T00:00:00Z"}, "INVALID_RUN_AT"),
+        ({"command": "x", "run_at": "2030-W01-1T00:00:00Z"}, "INVALID_RUN_AT"),
+        ({"command": "x", "run_at": 1893456000}, "INVALID_RUN_AT"),
+        ({"command": "x", "run_at": "tomorrow"}, "INVALID_RUN_AT"),
         ({"command": "x", "webhooks": {}}, "UNSUPPORTED_FIELD"),
         ({"command": 5}, "INVALID_COMMAND"),
         ({"command": ["ls"]}, "INVALID_COMMAND"),
@@ -147,3 +152,19 @@ def test_a_timeout_beyond_a_double_is_invalid_not_a_crash() -> None:
     with pytest.raises(SpecError) as caught:
         parse_spec({"command": "true", "timeout": 10**400})
     assert caught.value.code == "INVALID_TIMEOUT"
+
+
+def test_run_at_is_rfc3339_with_an_offset_and_echoed_in_utc() -> None:
+    """A run_at with an offset is kept as the moment it names and shown in UTC."""
+    spec = parse_spec({"command": "x", "run_at": "2030-01-01T01:30:00+01:30"})
+    assert spec.run_at == 1893456000.0
+    assert spec.to_json()["run_at"] == "2030-01-01T00:00:00.000000Z"
+
+
+def test_run_at_far_ahead_is_refused() -> None:
+    """A run_at years ahead (a typo in the year) is a 400, not a job kept forever."""
+    now = 1893456000.0
+    parse_spec({"command": "x", "run_at": "2034-01-01T00:00:00Z"}, now=now)
+    with pytest.raises(SpecError) as info:
+        parse_spec({"command": "x", "run_at": "2040-01-01T00:00:00Z"}, now=now)
+    assert info.value.code == "INVALID_RUN_AT"
