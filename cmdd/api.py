@@ -22,8 +22,9 @@ from werkzeug.routing import RequestRedirect
 from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
-from cmdd.errors import ClientError, SpecError, not_found
+from cmdd.errors import ClientError, not_found
 from cmdd.follow import follow, parse_range
+from cmdd.jobpatch import parse_patch, patched_spec
 from cmdd.jobs import Job, State
 from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
@@ -220,14 +221,13 @@ class CmddAPI:
 
     @app.route("/api/jobs/<job_id>", methods=["PATCH"])
     async def patch_job(self, request: IRequest, job_id: str) -> bytes:
-        ident = self._job(request, job_id).id
-        body = read_json(request)
-        if not isinstance(body, dict) or body.get("status") != "cancelled" or len(body) != 1:
-            raise SpecError(
-                "INVALID_PATCH",
-                'the only change a job accepts is {"status": "cancelled"}',
-            )
-        job = await self._manager.cancel(ident, by=principal_of(request).name)
+        job = self._job(request, job_id)
+        changes = parse_patch(read_json(request))
+        if changes is None:
+            job = await self._manager.cancel(job.id, by=principal_of(request).name)
+        else:
+            spec = patched_spec(job.spec, changes, self._manager.clock.seconds())
+            job = await self._manager.modify(job.id, spec)
         return respond_json(request, job_json(job))
 
     @app.route("/api/jobs/<job_id>", methods=["DELETE"])

@@ -302,6 +302,8 @@ class JobManager(Service):
                 f"job {job_id} is {job.state.value}; only a job that has not started changes",
                 status=409,
             )
+        if spec.timeout is None and self.limits.default_timeout is not None:
+            spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         after, durable = self.history.record(Modified(job_id, self.clock.seconds(), spec))
         assert after is not None
         moved = after.state is not job.state

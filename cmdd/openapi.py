@@ -45,6 +45,22 @@ SPEC = {
         "timeout": {"type": "number", "exclusiveMinimum": 0},
         "labels": _STRING_MAP,
         "user": {"type": "string"},
+        "run_at": {"type": "string", "format": "date-time",
+                   "description": "RFC 3339 with an offset: scheduled until then"},
+    },
+}  # fmt: skip
+HISTORY_ENTRY = {
+    "type": "object",
+    "required": ["state", "at"],
+    "properties": {
+        "state": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"},
+        "run_at": {"type": "string", "format": "date-time"},
+        "late": {"type": "number", "description": "seconds after run_at it was released"},
+        "by": {"type": "string"},
+        "reason": {"type": "string"},
+        "exit_code": {"type": "integer"},
+        "signal": {"type": "integer"},
     },
 }
 JOB = {
@@ -61,6 +77,8 @@ JOB = {
         "exit_code": {"type": ["integer", "null"]},
         "reason": {"type": ["string", "null"]},
         "cancelled_by": {"type": ["string", "null"]},
+        "schedule_id": {"type": "integer", "description": "the schedule that created it"},
+        "status_history": {"type": "array", "items": HISTORY_ENTRY},
         "links": LINKS,
     },
 }
@@ -218,14 +236,22 @@ def description() -> dict[str, Any]:
                               **_errors(400, 404)},
             },
             "patch": {
-                "summary": 'cancel: {"status": "cancelled"}',
+                "summary": 'cancel ({"status": "cancelled"}), or change environment, labels, '
+                           "timeout or run_at of a job that has not started",
                 "parameters": [_ID],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["status"],
-                        "properties": {"status": {"const": "cancelled"}},
-                        "additionalProperties": False}}},
+                    "content": {"application/json": {"schema": {"oneOf": [
+                        {"type": "object", "required": ["status"],
+                         "properties": {"status": {"const": "cancelled"}},
+                         "additionalProperties": False},
+                        {"type": "object", "minProperties": 1, "additionalProperties": False,
+                         "properties": {
+                             "environment": {"oneOf": [_STRING_MAP, {"type": "null"}]},
+                             "labels": {"oneOf": [_STRING_MAP, {"type": "null"}]},
+                             "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                             "run_at": {"type": ["string", "null"], "format": "date-time"}}},
+                    ]}}},
                 },
                 "responses": {"200": _json(JOB, "the job once final"),
                               **_errors(400, 404, 409, 413, 415)},

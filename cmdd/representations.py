@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cmdd.jobs import LEGACY_NAMES, Job, outcome_to_json
+from cmdd.statushistory import status_history
 from cmdd.tokens import Token
 
 
@@ -44,6 +45,9 @@ def job_json(job: Job) -> dict[str, Any]:
         out["reason"] = job.outcome.reason
         if job.outcome.cancelled_by is not None:
             out["cancelled_by"] = job.outcome.cancelled_by
+    if job.schedule_id is not None:
+        out["schedule_id"] = job.schedule_id
+    out["status_history"] = status_history(job)
     out["links"] = links(job.id)
     return out
 
@@ -80,6 +84,7 @@ JOB_FIELDS = frozenset(
         "id", "state", "owner", "command", "command_line", "environment",
         "working_directory", "stdin", "umask", "timeout", "labels", "user", "created",
         "started", "completed", "exit_code", "reason", "cancelled_by", "links",
+        "run_at", "schedule_id", "status_history",
     }
 )  # fmt: skip
 STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})

@@ -178,3 +178,26 @@ def test_too_many_scheduled_jobs_are_refused_with_503(tmp_path: Path) -> None:
     with pytest.raises(ClientError) as info:
         world.submit({"command": "true", "run_at": at(60)})
     assert info.value.status == 503 and info.value.code == "TOO_MANY_SCHEDULED"
+
+
+def test_new_events_round_trip_and_compaction_rebuilds_the_job_exactly() -> None:
+    """released/modified lines decode to the same events; compaction keeps run_at exactly."""
+    from cmdd.codec import decode, encode, job_events
+    from cmdd.jobs import Created, Modified, Released, Started, apply_event
+
+    spec = parse_spec({"command": "true", "run_at": at(0.1234567)})
+    events = [
+        Created(1, T0, spec, "alice", 7),
+        Modified(1, T0 + 1, parse_spec({"command": "true", "run_at": at(5.5), "labels": {"a": "b"}})),
+        Released(1, T0 + 9),
+        Started(1, T0 + 10),
+    ]
+    job = None
+    for seq, event in enumerate(events, 1):
+        assert decode(encode(seq, event)[:-1]).item == event
+        job = apply_event(job, event)
+    assert job is not None and job.schedule_id == 7 and job.released == T0 + 9
+    rebuilt = None
+    for event in job_events(job):
+        rebuilt = apply_event(rebuilt, decode(encode(1, event)[:-1]).item)  # type: ignore[arg-type]
+    assert rebuilt == job
