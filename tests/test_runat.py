@@ -188,7 +188,7 @@ def test_new_events_round_trip_and_compaction_rebuilds_the_job_exactly() -> None
     spec = parse_spec({"command": "true", "run_at": at(0.1234567)})
     events = [
         Created(1, T0, spec, "alice", 7),
-        Modified(1, T0 + 1, parse_spec({"command": "true", "run_at": at(5.5), "labels": {"a": "b"}})),
+        Modified(1, T0 + 1, parse_spec({"command": "x", "run_at": at(5.5), "labels": {"a": "b"}})),
         Released(1, T0 + 9),
         Started(1, T0 + 10),
     ]
