@@ -40,6 +40,8 @@ from cmdd.representations import (
     token_json,
 )
 from cmdd.results import stream_result
+from cmdd.scheduleroutes import ScheduleRoutes
+from cmdd.schedules import ScheduleService
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.web import read_json, respond_json, wants_event_stream
@@ -114,8 +116,12 @@ class CmddAPI:
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
         readiness: Readiness | None = None,
+        schedules: ScheduleService | None = None,
     ) -> None:
         self._manager = manager
+        self._schedules = ScheduleRoutes(
+            schedules or ScheduleService(manager, manager.clock), run_as
+        )
         self._run_blocking = run_blocking
         self._accounts = accounts
         self._run_as = run_as
@@ -330,6 +336,28 @@ class CmddAPI:
         return await stream_result(request, head, streams, self._run_blocking)
 
     # --- tokens ----------------------------------------------------------
+
+    # --- schedules (handlers in cmdd/scheduleroutes.py) ---------------------
+
+    @app.route("/api/schedules", methods=["POST"])
+    async def create_schedule(self, request: IRequest) -> bytes:
+        return await self._schedules.create(request)
+
+    @app.route("/api/schedules", methods=["GET"])
+    def list_schedules(self, request: IRequest) -> bytes:
+        return self._schedules.listing(request)
+
+    @app.route("/api/schedules/<schedule_id>", methods=["GET"])
+    def get_schedule(self, request: IRequest, schedule_id: str) -> bytes:
+        return self._schedules.get(request, schedule_id)
+
+    @app.route("/api/schedules/<schedule_id>", methods=["PATCH"])
+    async def patch_schedule(self, request: IRequest, schedule_id: str) -> bytes:
+        return await self._schedules.patch(request, schedule_id)
+
+    @app.route("/api/schedules/<schedule_id>", methods=["DELETE"])
+    async def delete_schedule(self, request: IRequest, schedule_id: str) -> bytes:
+        return await self._schedules.delete(request, schedule_id)
 
     @app.route("/api/tokens", methods=["POST"])
     async def create_token(self, request: IRequest) -> bytes:

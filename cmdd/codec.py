@@ -28,6 +28,7 @@ from cmdd.jobs import (
     Started,
     State,
 )
+from cmdd.schedule import Schedule, ScheduleDeleted, ScheduleRecord, ScheduleSaved
 from cmdd.spec import JobSpec
 
 FORMAT_VERSION = 1
@@ -51,7 +52,66 @@ class Record:
     """One decoded journal line: an event (or meta) and its sequence number."""
 
     seq: int
-    item: Event | Meta
+    item: Item
+
+
+#: Everything a journal line holds: job events, meta, schedule records.
+Item = Event | Meta | ScheduleRecord
+
+
+def _schedule_fields(item: ScheduleRecord) -> dict[str, Any]:
+    if isinstance(item, ScheduleDeleted):
+        return {"type": "schedule_deleted", "schedule": item.schedule_id, "by": item.by}
+    schedule = item.schedule
+    return {
+        "type": "schedule",
+        "schedule": schedule.id,
+        "owner": schedule.owner,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "job": _spec_fields(schedule.job),
+        "created": schedule.created,
+        "concurrency_policy": schedule.concurrency_policy,
+        "starting_deadline": schedule.starting_deadline,
+        "paused": schedule.paused,
+        "since": schedule.since,
+        "last_run": schedule.last_run,
+        "fired": schedule.fired,
+        "skipped": schedule.skipped,
+    }
+
+
+def _number_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _schedule(at: float, fields: dict[str, Any]) -> ScheduleRecord:
+    """A stored schedule record, decoded by its shape (see L{_spec})."""
+    schedule_id = int(fields["schedule"])
+    if fields["type"] == "schedule_deleted":
+        return ScheduleDeleted(at, schedule_id, _text_or_none(fields.get("by")))
+    text = {name: fields[name] for name in ("owner", "cron", "timezone", "concurrency_policy")}
+    if not all(isinstance(value, str) for value in text.values()):
+        raise TypeError("a schedule's owner, cron, timezone and policy are strings")
+    return ScheduleSaved(
+        at,
+        Schedule(
+            id=schedule_id,
+            job=_spec(fields["job"]),
+            created=float(fields["created"]),
+            starting_deadline=_number_or_none(fields.get("starting_deadline")),
+            paused=bool(fields["paused"]),
+            since=float(fields["since"]),
+            last_run=_number_or_none(fields.get("last_run")),
+            fired=int(fields["fired"]),
+            skipped=int(fields["skipped"]),
+            **text,
+        ),
+    )
 
 
 def _spec_fields(spec: JobSpec) -> dict[str, Any]:
@@ -111,11 +171,13 @@ def job_events(job: Job) -> list[Event]:
     return events
 
 
-def encode(seq: int, item: Event | Meta) -> bytes:
+def encode(seq: int, item: Item) -> bytes:
     """One journal line (with its newline) for an event or meta record."""
     fields: dict[str, Any] = {"v": FORMAT_VERSION, "seq": seq, "at": item.at}
     if isinstance(item, Meta):
         fields.update(type="meta", next_id=item.next_id)
+    elif isinstance(item, ScheduleSaved | ScheduleDeleted):
+        fields.update(_schedule_fields(item))
     else:
         fields.update(_event_fields(item))
     body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -207,6 +269,8 @@ def _record(fields: dict[str, Any]) -> Record:
     seq, at, kind = int(fields["seq"]), float(fields["at"]), fields["type"]
     if kind == "meta":
         return Record(seq, Meta(at, int(fields["next_id"])))
+    if kind in ("schedule", "schedule_deleted"):
+        return Record(seq, _schedule(at, fields))
     job_id = int(fields["job"])
     item: Event
     if kind == "created":

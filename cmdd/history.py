@@ -10,7 +10,7 @@ the retention policy live here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -19,8 +19,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cmdd.codec import Meta, Record
+from cmdd.codec import Item, Meta, Record
 from cmdd.jobs import Deleted, Event, InvalidTransitionError, Job, apply_event
+from cmdd.schedule import ScheduleDeleted, ScheduleSaved
 from cmdd.store import JobStore
 
 log = Logger()
@@ -38,9 +39,22 @@ class EventLog(Protocol):
 
     size: int
 
-    def append(self, item: Event | Meta) -> Deferred[None]: ...
+    def append(self, item: Item) -> Deferred[None]: ...
 
-    def compact(self, jobs: list[Job], at: float, next_id: int) -> Deferred[int]: ...
+    def compact(
+        self, jobs: list[Job], at: float, next_id: int, extra: Sequence[Item] = ()
+    ) -> Deferred[int]: ...
+
+
+class Section(Protocol):
+    """Durable state kept in the journal beside the jobs (the schedules)."""
+
+    def load(self, item: object) -> bool:
+        """Apply a replayed record; C{False} if it is not this section's."""
+
+    def snapshot(self, at: float) -> Sequence[Item]:
+        """Records that rebuild the section as it will be once everything
+        recorded is durable (written by compaction after the jobs)."""
 
 
 class MemoryLog:
@@ -49,13 +63,15 @@ class MemoryLog:
     size = 0
 
     def __init__(self) -> None:
-        self.items: list[Event | Meta] = []
+        self.items: list[Item] = []
 
-    def append(self, item: Event | Meta) -> Deferred[None]:
+    def append(self, item: Item) -> Deferred[None]:
         self.items.append(item)
         return succeed(None)
 
-    def compact(self, jobs: list[Job], at: float, next_id: int) -> Deferred[int]:
+    def compact(
+        self, jobs: list[Job], at: float, next_id: int, extra: Sequence[Item] = ()
+    ) -> Deferred[int]:
         self.items = []
         return succeed(0)
 
@@ -84,12 +100,16 @@ class Retention:
         return sorted(drop)
 
 
-def load_record(store: JobStore, record: Record) -> None:
-    """Apply one replayed journal record to C{store}."""
-    if isinstance(record.item, Meta):
-        store.reserve_ids_below(record.item.next_id)
+def load_record(store: JobStore, record: Record, sections: Sequence[Section] = ()) -> None:
+    """Apply one replayed journal record to C{store} (or to the section it is for)."""
+    item = record.item
+    if isinstance(item, Meta):
+        store.reserve_ids_below(item.next_id)
+    elif isinstance(item, ScheduleSaved | ScheduleDeleted):
+        if not any(section.load(item) for section in sections):
+            raise ValueError(f"no section takes {type(item).__name__} records")
     else:
-        store.record(record.item)
+        store.record(item)
 
 
 class History:
@@ -121,6 +141,7 @@ class History:
         self._in_flight: dict[int, int] = {}
         #: Bumped by a refusal: events recorded before it are all refused.
         self._generation = 0
+        self.sections: list[Section] = []
 
     def current(self, job_id: int) -> Job | None:
         """The job as it will be once everything recorded is durable.
@@ -134,7 +155,12 @@ class History:
 
     def load(self, record: Record) -> None:
         """Apply one replayed journal record (no new write)."""
-        load_record(self.store, record)
+        load_record(self.store, record, self.sections)
+
+    def note(self, item: ScheduleSaved | ScheduleDeleted) -> Deferred[None]:
+        """Append a section's record (not a job event); fires once it is
+        durable, fails if the journal refused it (and every record in flight)."""
+        return self._log.append(item).addErrback(self._refused, self._generation)
 
     def record(self, event: Event) -> tuple[Job | None, Deferred[None]]:
         """Append C{event}; it is applied to the store once it is durable.
@@ -246,7 +272,8 @@ class History:
         def failed(failure: Failure) -> None:
             self._finish_compaction(failure)
 
-        self._log.compact(jobs, now, self.store.peek_next_id()).addCallbacks(done, failed)
+        extra = [item for section in self.sections for item in section.snapshot(now)]
+        self._log.compact(jobs, now, self.store.peek_next_id(), extra).addCallbacks(done, failed)
         return waiter
 
     def _finish_compaction(self, result: int | Failure) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from cmdd.codec import CorruptLine, Meta, Record, decode, encode, job_events
+from cmdd.codec import CorruptLine, Item, Meta, Record, decode, encode, job_events
 from cmdd.files import (
     REAL_OPS,
     FileOps,
@@ -39,7 +39,7 @@ from cmdd.files import (
     remove_quietly,
     write_all,
 )
-from cmdd.jobs import Event, Job
+from cmdd.jobs import Job
 
 log = Logger()
 
@@ -193,12 +193,17 @@ def lock_data_dir(data_dir: str) -> int:
     return fd
 
 
-def snapshot_lines(jobs: Iterable[Job], seq: int, at: float, next_id: int) -> Iterable[bytes]:
-    """The lines of a compacted journal holding exactly C{jobs}."""
+def snapshot_lines(
+    jobs: Iterable[Job], seq: int, at: float, next_id: int, extra: Iterable[Item] = ()
+) -> Iterable[bytes]:
+    """The lines of a compacted journal holding exactly C{jobs} (and the
+    sections' C{extra} records, such as the schedules)."""
     yield encode(seq, Meta(at, next_id))
     for job in jobs:
         for event in job_events(job):
             yield encode(seq, event)
+    for item in extra:
+        yield encode(seq, item)
 
 
 def _write_snapshot(path: str, lines: Iterable[bytes], ops: FileOps) -> tuple[str, int]:
@@ -264,6 +269,7 @@ class _Compaction:
     at: float
     next_id: int
     waiter: Deferred[int]
+    extra: Sequence[Item] = ()
 
 
 class JournalWriter:
@@ -327,7 +333,7 @@ class JournalWriter:
         self.size = self._good = os.fstat(self._fd).st_size
         self._pool.start()
 
-    def append(self, item: Event | Meta) -> Deferred[None]:
+    def append(self, item: Item) -> Deferred[None]:
         """Queue a record; the Deferred fires once it is durable."""
         if self.broken is not None or self._fd is None:
             self.refused += 1
@@ -338,7 +344,9 @@ class JournalWriter:
         self._kick()
         return waiter
 
-    def compact(self, jobs: list[Job], at: float, next_id: int) -> Deferred[int]:
+    def compact(
+        self, jobs: list[Job], at: float, next_id: int, extra: Sequence[Item] = ()
+    ) -> Deferred[int]:
         """Rewrite the journal as C{jobs} (a snapshot taken now), atomically.
 
         Every record appended before this call is written to the old file
@@ -349,7 +357,7 @@ class JournalWriter:
         if self.broken is not None or self._fd is None:
             return fail(JournalFailed(self.broken or "the journal is closed"))
         waiter: Deferred[int] = Deferred()
-        self._queue.append(_Compaction(jobs, self.seq, at, next_id, waiter))
+        self._queue.append(_Compaction(jobs, self.seq, at, next_id, waiter, extra))
         self._kick()
         return waiter
 
@@ -429,7 +437,13 @@ class JournalWriter:
         assert self._fd is not None
         temporary, size = _write_snapshot(
             self.path,
-            snapshot_lines(compaction.jobs, compaction.seq, compaction.at, compaction.next_id),
+            snapshot_lines(
+                compaction.jobs,
+                compaction.seq,
+                compaction.at,
+                compaction.next_id,
+                compaction.extra,
+            ),
             self._ops,
         )
         # Open the new file before it replaces the old one: if that fails,

@@ -11,6 +11,7 @@ import attrs
 
 from cmdd.history import load_record
 from cmdd.journal import JOURNAL_NAME, lock_data_dir, replay, snapshot_lines, write_atomically
+from cmdd.schedule import ScheduleBook
 from cmdd.store import JobStore
 
 
@@ -51,7 +52,7 @@ def verify(data_dir: str) -> Verification:
     store = JobStore()
     report = replay(
         path,
-        partial(load_record, store),
+        partial(load_record, store, sections=[ScheduleBook()]),
         repair=False,
         on_damage=lambda line, _, why: result.problems.append(Problem(line, why)),
     )
@@ -74,13 +75,18 @@ def compact(data_dir: str) -> tuple[int, int, int]:
     path = os.path.join(data_dir, JOURNAL_NAME)
     lock = lock_data_dir(data_dir)
     try:
-        store = JobStore()
+        store, book = JobStore(), ScheduleBook()
         before = os.path.getsize(path) if os.path.exists(path) else 0
-        report = replay(path, partial(load_record, store))
+        report = replay(path, partial(load_record, store, sections=[book]))
+        now = time.time()
         after = write_atomically(
             path,
             snapshot_lines(
-                store.oldest_first(), report.last_seq, time.time(), store.peek_next_id()
+                store.oldest_first(),
+                report.last_seq,
+                now,
+                store.peek_next_id(),
+                book.snapshot(now),
             ),
         )
         return len(store), before, after

@@ -115,6 +115,35 @@ RESULT = {
         "links": LINKS,
     },
 }
+_SID = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_SCHEDULE_FIELDS = {
+    "cron": {"type": "string", "description": "5 fields: minute hour day month weekday"},
+    "timezone": {"type": "string", "description": "IANA name, default UTC"},
+    "job": SPEC,
+    "concurrency_policy": {"type": "string", "enum": ["allow", "forbid", "replace"]},
+    "starting_deadline": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    "paused": {"type": "boolean"},
+}
+SCHEDULE_BODY = {"type": "object", "additionalProperties": False,
+                 "properties": _SCHEDULE_FIELDS}
+SCHEDULE = {
+    "type": "object",
+    "required": ["id", "owner", "cron", "timezone", "job", "next_run"],
+    "properties": {
+        "id": {"type": "integer"},
+        "owner": {"type": "string"},
+        **_SCHEDULE_FIELDS,
+        "job": {"type": "object"},
+        "created": _TIME,
+        "next_run": {**_TIME, "description": "null while paused; exact across DST"},
+        "last_run": _TIME,
+        "fired": {"type": "integer"},
+        "skipped": {"type": "integer", "description": "fires missed: deadline, forbid, down"},
+        "last_jobs": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "state": STATE}}},
+        "links": LINKS,
+    },
+}
 TOKEN = {
     "type": "object",
     "required": ["id", "owner", "expires"],
@@ -290,6 +319,36 @@ def description() -> dict[str, Any]:
                 "parameters": [_ID],
                 "responses": {"204": {"description": "deleted"}, **_errors(404, 409)},
             },
+        },
+        "/api/schedules": {
+            "post": {
+                "summary": "a recurring schedule: a job at each fire of a cron expression",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {**SCHEDULE_BODY, "required": ["cron", "job"]}}}},
+                "responses": {"201": _json(SCHEDULE, "created; Location: the schedule"),
+                              **_errors(400, 403, 413, 415, 503)},
+            },
+            "get": {
+                "summary": "your schedules (an admin: all)",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "schedules": {"type": "array", "items": SCHEDULE}}}, "schedules"),
+                    **_errors()},
+            },
+        },
+        "/api/schedules/{schedule_id}": {
+            "get": {"summary": "a schedule", "parameters": [_SID],
+                    "responses": {"200": _json(SCHEDULE, "the schedule"), **_errors(404)}},
+            "patch": {
+                "summary": "change a schedule (a new cron, zone or unpause counts from now)",
+                "parameters": [_SID],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": SCHEDULE_BODY}}},
+                "responses": {"200": _json(SCHEDULE, "the schedule"),
+                              **_errors(400, 403, 404, 413, 415, 503)},
+            },
+            "delete": {"summary": "remove a schedule (its jobs stay)", "parameters": [_SID],
+                       "responses": {"204": {"description": "deleted"},
+                                     **_errors(404, 503)}},
         },
         "/api/tokens": {
             "post": {

@@ -45,6 +45,7 @@ from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
 from cmdd.manager import JobManager, Limits
 from cmdd.runat import RunAtService
+from cmdd.schedules import ScheduleService
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
@@ -241,6 +242,7 @@ class CmddService(MultiService):
             ),
         )
         self.run_at = RunAtService(self.manager, reactor)
+        self.schedules = ScheduleService(self.manager, reactor)
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.api = CmddAPI(
             self.manager,
@@ -248,6 +250,7 @@ class CmddService(MultiService):
             self.accounts,
             RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
             readiness=self.readiness,
+            schedules=self.schedules,
         )
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
         self.gate = AuthGate(
@@ -301,6 +304,7 @@ class CmddService(MultiService):
         super().startService()
         self.manager.startService()
         self.run_at.startService()
+        self.schedules.startService()
         self._reactor.callWhenRunning(self._now_running)
         log.info(
             "cmdd {version} serving on {listen}; data in {data_dir}",
@@ -435,6 +439,7 @@ class CmddService(MultiService):
         if self._users_watch.running:
             self._users_watch.stop()
         self.run_at.stopService()
+        self.schedules.stopService()
         await self.manager.stopService()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
