@@ -53,3 +53,46 @@ def test_run_at_passed_while_killed_runs_once_at_start_and_says_late(daemon: Dae
     assert states == ["scheduled", "queued", "running", "succeeded"]
     assert job["status_history"][1]["late"] > 1
     assert journal_types(daemon.data_dir).count("started") == 1
+
+
+def _append_as_if_down_since(data_dir: Path, schedule: dict[str, Any], since: float) -> None:
+    """Journal the schedule as last fired at C{since}: the daemon was down since then."""
+    import attrs
+
+    from cmdd.codec import decode, encode
+    from cmdd.schedule import ScheduleSaved
+
+    path = data_dir / "journal.jsonl"
+    lines = path.read_bytes().splitlines()
+    records = [decode(line) for line in lines]
+    saved = [r.item for r in records if isinstance(r.item, ScheduleSaved)]
+    assert saved and saved[-1].schedule.id == schedule["id"]
+    old = attrs.evolve(saved[-1].schedule, since=since, created=since)
+    with path.open("ab") as journal:
+        journal.write(encode(max(r.seq for r in records) + 1, ScheduleSaved(since, old)))
+
+
+def test_a_schedule_survives_kill_9_and_fires_a_missed_slot_once(daemon: Daemon) -> None:
+    """A schedule is durable; fires missed while down run once at start, never again."""
+    daemon.start()
+    status, schedule = daemon.request(
+        "POST", "/api/schedules", {"cron": "0 0 1 1 *", "job": {"command": "true"}}
+    )
+    assert status == 201
+    daemon.kill9()
+    # As if it last fired two years ago: two yearly fires were missed.
+    _append_as_if_down_since(daemon.data_dir, schedule, time.time() - 2 * 366 * 86400)
+    daemon.start()
+    path = f"/api/schedules/{schedule['id']}"
+    after = wait_for(daemon, path, lambda s: s["last_jobs"] and s["fired"] == 1)
+    assert after["skipped"] == 1 and after["cron"] == "0 0 1 1 *"
+    job_id = after["last_jobs"][0]["id"]
+    wait_for(daemon, f"/api/jobs/{job_id}", lambda job: job["state"] == "succeeded")
+    daemon.kill9()
+    daemon.start()
+    again = wait_for(daemon, path, lambda s: True)
+    assert (again["fired"], again["skipped"]) == (1, 1)
+    status, jobs = daemon.get("/api/jobs?fields=id,schedule_id")
+    assert [job["id"] for job in jobs["jobs"] if job.get("schedule_id") == schedule["id"]] == [
+        job_id
+    ]
