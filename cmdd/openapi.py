@@ -167,6 +167,7 @@ LIST_PARAMETERS = [
     {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
     {"name": "completed_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
     {"name": "exit_code", "in": "query", "schema": {"type": "integer"}},
+    {"name": "schedule_id", "in": "query", "schema": {"type": "integer"}},
     {
         "name": "sort",
         "in": "query",

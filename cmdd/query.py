@@ -66,6 +66,7 @@ class JobQuery:
     created_before: float | None = None
     completed_after: float | None = None
     exit_code: int | None = None
+    schedule_id: int | None = None
     sort: str = "-created"
     limit: int = DEFAULT_LIMIT
     after: tuple[float, int] | None = None
@@ -90,6 +91,8 @@ class JobQuery:
         if self.completed_after is not None and (
             job.completed is None or job.completed <= self.completed_after
         ):
+            return False
+        if self.schedule_id is not None and job.schedule_id != self.schedule_id:
             return False
         if self.exit_code is not None and (
             job.outcome is None or job.outcome.exit_code != self.exit_code
@@ -144,7 +147,7 @@ def parse_query(
     """
     known = {
         "state", "label", "owner", "q", "created_after", "created_before",
-        "completed_after", "exit_code", "sort", "limit", "cursor", "fields",
+        "completed_after", "exit_code", "sort", "limit", "cursor", "fields", "schedule_id",
     }  # fmt: skip
     values: dict[str, Any] = {}
     for name, given in args.items():
@@ -179,6 +182,10 @@ def parse_query(
         if not _INTEGER.match(one["exit_code"]):
             raise _bad("exit_code", "must be a whole number")
         values["exit_code"] = int(one["exit_code"])
+    if "schedule_id" in one:
+        if not _INTEGER.match(one["schedule_id"]):
+            raise _bad("schedule_id", "must be a whole number")
+        values["schedule_id"] = int(one["schedule_id"])
     sort = one.get("sort", "-created")
     if sort not in SORTS:
         raise _bad("sort", f"must be one of {', '.join(SORTS)}")

@@ -110,3 +110,15 @@ def test_odd_schedule_ids_are_404(client: Client, ident: str) -> None:
     """Ids that are not ids are an unknown schedule."""
     status, error, _ = client.json("GET", f"/api/schedules/{ident}")
     assert status == 404 and error["error"]["code"] == "SCHEDULE_NOT_FOUND"
+
+
+def test_jobs_can_be_listed_by_schedule(client: Client) -> None:
+    """GET /api/jobs?schedule_id=N lists the jobs that schedule created."""
+    client.json("POST", "/api/jobs", {"command": "true"})
+    client.json("POST", "/api/schedules", {"cron": "* * * * *", "job": JOB})
+    client.clock.advance(60)
+    client.clock.advance(0)
+    code, page, _ = client.json("GET", "/api/jobs?schedule_id=1&fields=id,schedule_id")
+    assert code == 200 and page["jobs"] == [{"id": 2, "schedule_id": 1}]
+    code, error, _ = client.json("GET", "/api/jobs?schedule_id=x")
+    assert code == 400 and error["error"]["field"] == "schedule_id"
