@@ -105,7 +105,7 @@ class JobSpec:
         if self.user is not None:
             out["user"] = self.user
         if self.run_at is not None:
-            out["run_at"] = format_rfc3339(self.run_at, "microseconds")
+            out["run_at"] = format_rfc3339(self.run_at)
         return out
 
 

@@ -158,7 +158,7 @@ def test_run_at_is_rfc3339_with_an_offset_and_echoed_in_utc() -> None:
     """A run_at with an offset is kept as the moment it names and shown in UTC."""
     spec = parse_spec({"command": "x", "run_at": "2030-01-01T01:30:00+01:30"})
     assert spec.run_at == 1893456000.0
-    assert spec.to_json()["run_at"] == "2030-01-01T00:00:00.000000Z"
+    assert spec.to_json()["run_at"] == "2030-01-01T00:00:00.000Z"
 
 
 def test_run_at_far_ahead_is_refused() -> None:
