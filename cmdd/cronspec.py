@@ -56,10 +56,14 @@ def parse_timezone(value: object) -> str:
     return value
 
 
-def next_fire(cron: str, zone: str, after: float) -> float:
-    """The first fire time strictly after C{after} (Unix seconds)."""
+def next_fire(cron: str, zone: str, after: float) -> float | None:
+    """The first fire time strictly after C{after} (Unix seconds); C{None}
+    if it never fires again (cronsim gives up after 50 years without one)."""
     start = datetime.fromtimestamp(after, ZoneInfo(zone))
-    return next(iter(CronSim(cron, start))).timestamp()
+    try:
+        return next(iter(CronSim(cron, start))).timestamp()
+    except (StopIteration, OverflowError, ValueError):
+        return None
 
 
 def latest_due(

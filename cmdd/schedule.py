@@ -94,8 +94,10 @@ def parse_schedule(body: object, now: float, before: Schedule | None = None) -> 
     fields: dict[str, Any] = {}
     if "cron" in body:
         fields["cron"] = parse_cron(body["cron"])
-    if "timezone" in body or before is None:
-        fields["timezone"] = parse_timezone(body.get("timezone") or "UTC")
+    if body.get("timezone") is not None:
+        fields["timezone"] = parse_timezone(body["timezone"])
+    elif before is None:
+        fields["timezone"] = "UTC"
     if "job" in body:
         job = body["job"]
         if isinstance(job, dict) and "run_at" in job:

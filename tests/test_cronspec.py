@@ -93,3 +93,9 @@ def test_bad_timezone_is_refused(zone: object) -> None:
         parse_timezone(zone)
     assert info.value.code == "INVALID_TIMEZONE"
     assert parse_timezone("Europe/Berlin") == "Europe/Berlin"
+
+
+def test_a_cron_that_rarely_fires_has_its_far_next_run() -> None:
+    """The fifth Monday of February (leap years starting on a Monday) is found."""
+    after = ts("UTC", 2030, 1, 1, 0, 0)
+    assert utc(next_fire("0 0 * 2 1#5", "UTC", after) or 0) == "2044-02-29T00:00"

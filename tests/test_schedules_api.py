@@ -56,6 +56,8 @@ def test_create_list_get_patch_delete(client: Client) -> None:
         ({"cron": "* * * * *", "job": {"command": "x", "run_at": "2030-01-01T00:00:00Z"}},
          "INVALID_JOB"),
         ({"cron": "* * * * *", "job": JOB, "timezone": "Mars/Base"}, "INVALID_TIMEZONE"),
+        ({"cron": "* * * * *", "job": JOB, "timezone": ""}, "INVALID_TIMEZONE"),
+        ({"cron": "0 0 30 2 *", "job": JOB}, "INVALID_CRON"),
         ({"cron": "* * * * *", "job": JOB, "concurrency_policy": "never"},
          "INVALID_CONCURRENCY_POLICY"),
         ({"cron": "* * * * *", "job": JOB, "starting_deadline": 0}, "INVALID_STARTING_DEADLINE"),
