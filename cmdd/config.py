@@ -31,6 +31,9 @@ class Settings:
     allow_plaintext: bool = False
     max_running: int = 4 * (os.cpu_count() or 1)
     max_queued: int = 10_000
+    #: Jobs waiting for their run_at, and recurring schedules (all users).
+    max_scheduled: int = 100_000
+    max_schedules: int = 10_000
     max_output_bytes: int = 16 * MIB
     max_body_bytes: int = MIB
     default_timeout: float | None = None
@@ -76,6 +79,8 @@ class Settings:
 _INTS = (
     "max_running",
     "max_queued",
+    "max_scheduled",
+    "max_schedules",
     "max_output_bytes",
     "max_body_bytes",
     "journal_compact_bytes",

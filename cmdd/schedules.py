@@ -51,8 +51,11 @@ class ScheduleService(Service):
 
     name = "schedules"
 
-    def __init__(self, manager: JobManager, clock: IReactorTime) -> None:
+    def __init__(
+        self, manager: JobManager, clock: IReactorTime, max_schedules: int = MAX_SCHEDULES
+    ) -> None:
         self._manager = manager
+        self.max_schedules = max_schedules
         self._history = manager.history
         self._clock = clock
         self.clock = clock
@@ -115,10 +118,10 @@ class ScheduleService(Service):
 
         @raise ClientError: 503 beyond L{MAX_SCHEDULES}.
         """
-        if len(self._projected()) >= MAX_SCHEDULES:
+        if len(self._projected()) >= self.max_schedules:
             raise ClientError(
                 "TOO_MANY_SCHEDULES",
-                f"{MAX_SCHEDULES} schedules exist already",
+                f"{self.max_schedules} schedules exist already",
                 status=503,
                 headers={"Retry-After": "60"},
             )

@@ -63,6 +63,8 @@ _SETTING_OPTIONS = (
     "data-dir",
     "max-running",
     "max-queued",
+    "max-scheduled",
+    "max-schedules",
     "max-output-bytes",
     "max-body-bytes",
     "default-timeout",
@@ -102,6 +104,8 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Data directory [default: ./cmdd-data]."],
         ["max-running", None, None, "Jobs running at once [default: 4 x CPUs]."],
         ["max-queued", None, None, "Jobs waiting before POST answers 503 [default: 10000]."],
+        ["max-scheduled", None, None, "Jobs waiting for their run_at [default: 100000]."],
+        ["max-schedules", None, None, "Recurring schedules [default: 10000]."],
         ["max-output-bytes", None, None, "Bytes kept per job and stream [default: 16 MiB]."],
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
         ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
@@ -235,6 +239,7 @@ class CmddService(MultiService):
             Limits(
                 max_running=settings.max_running,
                 max_queued=settings.max_queued,
+                max_scheduled=settings.max_scheduled,
                 max_output_bytes=settings.max_output_bytes,
                 default_timeout=settings.default_timeout,
                 kill_grace=settings.kill_grace,
@@ -242,7 +247,9 @@ class CmddService(MultiService):
             ),
         )
         self.run_at = RunAtService(self.manager, reactor)
-        self.schedules = ScheduleService(self.manager, reactor)
+        self.schedules = ScheduleService(
+            self.manager, reactor, max_schedules=settings.max_schedules
+        )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.api = CmddAPI(
             self.manager,

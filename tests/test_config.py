@@ -131,3 +131,9 @@ def test_stop_grace_must_be_seconds(value: object) -> None:
     """A negative, boolean or non-numeric stop_grace is refused at start."""
     with pytest.raises(ConfigError, match="stop_grace"):
         build_settings({"stop_grace": value}, {})
+
+
+def test_schedule_limits_are_settings() -> None:
+    """max_scheduled and max_schedules come from the file or the command line."""
+    settings = build_settings({"max_schedules": 3}, {"max_scheduled": "5"})
+    assert (settings.max_scheduled, settings.max_schedules) == (5, 3)
