@@ -200,3 +200,54 @@ def test_schedule_record_round_trips(tmp_path: Path) -> None:
     })  # fmt: skip
     record = decode(encode(9, world.log.items[0])[:-1])
     assert isinstance(record, Record) and record.item.schedule == schedule  # type: ignore[union-attr]
+
+
+def test_offline_compaction_keeps_schedules(tmp_path: Path) -> None:
+    """cmdd journal compact rewrites the journal with its live schedules and id floor."""
+    from cmdd import offline
+    from cmdd.history import load_record
+    from cmdd.jobs import Created
+    from cmdd.journal import replay
+    from cmdd.schedule import ScheduleDeleted, ScheduleSaved
+    from cmdd.spec import JobSpec
+
+    world = World(tmp_path)
+    one = world.create({"cron": "* * * * *", "job": {"command": "true"}})
+    two = world.create({"cron": "0 * * * *", "job": {"command": "true"}})
+    items: list[Any] = [
+        ScheduleSaved(T0, one), ScheduleSaved(T0, two), ScheduleSaved(T0 + 1, two),
+        ScheduleDeleted(T0 + 2, two.id, "alice"),
+        Created(1, T0 + 60, JobSpec(command="true"), "alice", one.id),
+    ]  # fmt: skip
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    journal = data_dir / "journal.jsonl"
+    journal.write_bytes(b"".join(encode(seq, item) for seq, item in enumerate(items, 1)))
+    offline.compact(str(data_dir))
+    lines = [decode(line).item for line in journal.read_bytes().splitlines()]
+    assert [type(item).__name__ for item in lines] == [
+        "Meta", "Created", "ScheduleSaved", "ScheduleDeleted",
+    ]  # fmt: skip
+    store, book = JobStore(), ScheduleBook()
+    replay(str(journal), lambda record: load_record(store, record, [book]))
+    assert list(book.schedules) == [one.id] and book.max_id == two.id
+    job = store.get(1)
+    assert job is not None and job.schedule_id == one.id
+
+
+def test_history_compaction_asks_sections_for_their_records(tmp_path: Path) -> None:
+    """A live compaction writes the schedules (with those in flight) after the jobs."""
+    from twisted.internet.defer import Deferred, succeed
+
+    class Capture(MemoryLog):
+        extra: list[Any] = []
+
+        def compact(self, jobs: Any, at: float, next_id: int, extra: Any = ()) -> Deferred[int]:
+            Capture.extra = list(extra)
+            return succeed(0)
+
+    world = World(tmp_path)
+    world.history._log = Capture()
+    schedule = world.create({"cron": "* * * * *", "job": {"command": "true"}})
+    world.history.compact()
+    assert [item.schedule for item in Capture.extra] == [schedule]
