@@ -203,18 +203,12 @@ class JobManager(Service):
         )
         assert job is not None
         self.submitted_total += 1
-        if scheduled:
-            return durable.addCallbacks(
-                lambda _: job,
-                lambda failure: _not_durable(
-                    failure, "the job could not be recorded durably; it will not run"
-                ),
-            )
-        # Queued at once: its start is journaled after its creation, and the
-        # process is spawned only once that start is durable. If the
-        # creation is refused, so is the start (see History).
-        self._queue.append(job.id)
-        self._schedule_pump()
+        if not scheduled:
+            # Queued at once: its start is journaled after its creation, and
+            # the process is spawned only once that start is durable. If the
+            # creation is refused, so is the start (see History).
+            self._queue.append(job.id)
+            self._schedule_pump()
 
         def refused(failure: Failure) -> Job:
             try:
@@ -242,25 +236,20 @@ class JobManager(Service):
         reason = f"cancelled by {by}" if by else "cancelled by request"
         run = self._running.get(job_id)
         if run is None:
-            if job.state is State.SCHEDULED:
-                _, durable = self.history.record(
-                    Ended(job_id, self.clock.seconds(), _cancelled(reason, by))
-                )
-                return durable.addCallbacks(
-                    lambda _: self.when_final(job_id),
-                    lambda failure: _not_durable(failure, "the cancel could not be recorded"),
-                )
-            if job_id not in self._queue:
+            queued = job_id in self._queue
+            if not queued and job.state is not State.SCHEDULED:
                 # Its process ended and its end is being journaled.
                 return self.when_final(job_id)
-            self._queue.remove(job_id)
+            if queued:
+                self._queue.remove(job_id)
             outcome = Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
             _, durable = self.history.record(Ended(job_id, self.clock.seconds(), outcome))
 
             def refused(failure: Failure) -> Job:
-                # Still queued, as the journal says: it goes back in line.
-                self._queue.appendleft(job_id)
-                self._schedule_pump()
+                # Still queued (or scheduled), as the journal says.
+                if queued:
+                    self._queue.appendleft(job_id)
+                    self._schedule_pump()
                 return _not_durable(failure, "the cancel could not be recorded durably")
 
             return durable.addCallbacks(lambda _: self.when_final(job_id), refused)
@@ -662,10 +651,6 @@ def _new_waiter(registry: dict[int, list[Deferred[T]]], job_id: int) -> Deferred
     waiter: Deferred[T] = Deferred(waiters.remove)
     waiters.append(waiter)
     return waiter
-
-
-def _cancelled(reason: str, by: str | None) -> Outcome:
-    return Outcome(State.CANCELLED, reason=reason, cancelled_by=by)
 
 
 def _not_durable(failure: Failure, message: str) -> NoReturn:

@@ -57,7 +57,6 @@ class ScheduleService(Service):
         self._manager = manager
         self.max_schedules = max_schedules
         self._history = manager.history
-        self._clock = clock
         self.clock = clock
         self.book = ScheduleBook()
         #: Schedules as they will be once the records in flight are durable.
@@ -125,7 +124,7 @@ class ScheduleService(Service):
                 status=503,
                 headers={"Retry-After": "60"},
             )
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         schedule = Schedule(id=self._max_id() + 1, owner=owner, created=now, since=now, **fields)
         return self._save(ScheduleSaved(now, schedule)).addCallback(lambda _: schedule)
 
@@ -134,7 +133,7 @@ class ScheduleService(Service):
         before = self.current(schedule_id)
         if before is None:
             raise not_found("schedule", schedule_id)
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         after = changed(before, fields, now)
         return self._save(ScheduleSaved(now, after)).addCallback(lambda _: after)
 
@@ -142,7 +141,7 @@ class ScheduleService(Service):
         """Remove a schedule; its jobs stay. Its id is never issued again."""
         if self.current(schedule_id) is None:
             raise not_found("schedule", schedule_id)
-        return self._save(ScheduleDeleted(self._clock.seconds(), schedule_id, by))
+        return self._save(ScheduleDeleted(self.clock.seconds(), schedule_id, by))
 
     # --- service -------------------------------------------------------------
 
@@ -218,7 +217,7 @@ class ScheduleService(Service):
     def _due(self) -> None:
         if self._manager.stopping:
             return
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         for schedule_id in self.table.pop_due(now, BATCH):
             schedule = self.current(schedule_id)
             if schedule is not None:
@@ -267,7 +266,7 @@ class ScheduleService(Service):
         except ClientError as e:
             log.warn("schedule {id} could not create its job: {why}", id=schedule.id, why=e.message)
             skipped = attrs.evolve(schedule, fired=schedule.fired - 1, skipped=schedule.skipped + 1)
-            self._save(ScheduleSaved(self._clock.seconds(), skipped)).addErrback(
+            self._save(ScheduleSaved(self.clock.seconds(), skipped)).addErrback(
                 _log_refused, schedule.id
             )
 
