@@ -151,6 +151,9 @@ def _spec(fields: Any) -> JobSpec:
     timeout = fields.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise TypeError("timeout is not a number")
+    limit = fields.get("concurrency_limit", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError("concurrency_limit is not an integer")
     spec = JobSpec(
         command=_text_or_none(fields.get("command")),
         command_line=None if line is None else tuple(line),
@@ -159,6 +162,8 @@ def _spec(fields: Any) -> JobSpec:
         umask=_text_or_none(fields.get("umask")),
         timeout=None if timeout is None else float(timeout),
         user=_text_or_none(fields.get("user")),
+        concurrency_key=_text_or_none(fields.get("concurrency_key")),
+        concurrency_limit=limit,
         **{
             name: _strings(fields[name])
             for name in ("environment", "labels")

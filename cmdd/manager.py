@@ -6,7 +6,6 @@ process's end means); the executor owns the mechanics of processes.
 
 from __future__ import annotations
 
-import collections
 import signal
 from typing import Any, NoReturn, TypeVar
 
@@ -21,6 +20,7 @@ from cmdd.errors import ClientError, not_found
 from cmdd.history import History
 from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
 from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
+from cmdd.slots import SlotQueue
 from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_outputs
 
@@ -85,7 +85,7 @@ class JobManager(Service):
         self.clock = clock
         self.output_dir = output_dir
         self.limits = limits
-        self._queue: collections.deque[int] = collections.deque()
+        self._queue = SlotQueue()
         self._running: dict[int, _Run] = {}
         self._final_waiters: dict[int, list[Deferred[Job]]] = {}
         self._output_waiters: dict[int, list[Deferred[None]]] = {}
@@ -180,14 +180,11 @@ class JobManager(Service):
         # Queued at once: its start is journaled after its creation, and the
         # process is spawned only once that start is durable. If the
         # creation is refused, so is the start (see History).
-        self._queue.append(job.id)
+        self._enqueue(job)
         self._schedule_pump()
 
         def refused(failure: Failure) -> Job:
-            try:
-                self._queue.remove(job.id)
-            except ValueError:
-                pass
+            self._queue.remove(job.id)
             return _not_durable(failure, "the job could not be recorded durably; it will not run")
 
         return durable.addCallbacks(lambda _: job, refused)
@@ -218,7 +215,7 @@ class JobManager(Service):
 
             def refused(failure: Failure) -> Job:
                 # Still queued, as the journal says: it goes back in line.
-                self._queue.appendleft(job_id)
+                self._enqueue(job, front=True)
                 self._schedule_pump()
                 return _not_durable(failure, "the cancel could not be recorded durably")
 
@@ -279,7 +276,7 @@ class JobManager(Service):
         now = self.clock.seconds()
         for job in self.store.oldest_first():
             if job.state is State.QUEUED:
-                self._queue.append(job.id)
+                self._enqueue(job)
             elif job.state is State.RUNNING:
                 stdout_bytes, stderr_bytes = (
                     output_size(output_path(self.output_dir, job.id, stream))
@@ -352,6 +349,12 @@ class JobManager(Service):
 
     # --- internals ---------------------------------------------------------
 
+    def _enqueue(self, job: Job, front: bool = False) -> None:
+        # Concurrency keys are per owner: alice's "db" is not bob's.
+        key = job.spec.concurrency_key
+        slot_key = None if key is None else (job.owner, key)
+        self._queue.enqueue(job.id, slot_key, job.spec.concurrency_limit, front=front)
+
     def _job_changed(self, event: Event, job: Job | None) -> None:
         if job is not None and job.state.final:
             for waiter in self._final_waiters.pop(job.id, []):
@@ -369,13 +372,16 @@ class JobManager(Service):
         while (
             not self._stopping
             and not self._backing_off
-            and self._queue
             and len(self._running) < self.limits.max_running
         ):
-            job_id = self._queue.popleft()
+            job_id = self._queue.next_startable()
+            if job_id is None:
+                break
             job = self.history.current(job_id)
             if job is not None and job.state is State.QUEUED:
                 self._start(job_id)
+            else:
+                self._queue.release(job_id)
 
     def _start(self, job_id: int) -> None:
         run = _Run(job_id)
@@ -424,6 +430,7 @@ class JobManager(Service):
         # must never run a job twice. It is still queued, as the journal
         # says, unless its creation was refused too (then it never existed).
         del self._running[run.job_id]
+        self._queue.release(run.job_id)
         job = self.history.current(run.job_id)
         if job is None:
             return
@@ -438,7 +445,7 @@ class JobManager(Service):
             job_id=run.job_id,
             why=failure.getErrorMessage(),
         )
-        self._queue.appendleft(run.job_id)
+        self._enqueue(job, front=True)
         # No more starts until the journal had a moment (a refusal may come
         # at once, from inside the pump).
         self._backing_off = True
@@ -446,6 +453,7 @@ class JobManager(Service):
 
     def _end(self, run: _Run, outcome: Outcome) -> None:
         del self._running[run.job_id]
+        self._queue.release(run.job_id)
         self._record_end(run.job_id, self.clock.seconds(), outcome)
         self._schedule_pump()
 
