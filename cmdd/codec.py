@@ -16,7 +16,7 @@ from typing import Any
 
 from attrs import frozen
 
-from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State
+from cmdd.jobs import Created, Deleted, Ended, Event, Idempotency, Job, Outcome, Started, State
 from cmdd.spec import JobSpec
 
 FORMAT_VERSION = 1
@@ -45,12 +45,16 @@ class Record:
 
 def _event_fields(event: Event) -> dict[str, Any]:
     if isinstance(event, Created):
-        return {
+        created: dict[str, Any] = {
             "type": "created",
             "job": event.job_id,
             "owner": event.owner,
             "spec": event.spec.to_json(),
         }
+        if event.idempotency is not None:
+            created["idempotency_key"] = event.idempotency.key
+            created["fingerprint"] = event.idempotency.fingerprint
+        return created
     if isinstance(event, Started):
         return {"type": "started", "job": event.job_id}
     if isinstance(event, Ended):
@@ -76,7 +80,7 @@ def _event_fields(event: Event) -> dict[str, Any]:
 
 def job_events(job: Job) -> list[Event]:
     """Events that rebuild C{job} exactly as it is (for compaction)."""
-    events: list[Event] = [Created(job.id, job.created, job.spec, job.owner)]
+    events: list[Event] = [Created(job.id, job.created, job.spec, job.owner, job.idempotency)]
     if job.started is not None:
         events.append(Started(job.id, job.started))
     if job.outcome is not None and job.completed is not None:
@@ -175,6 +179,16 @@ def _spec(fields: Any) -> JobSpec:
     return spec
 
 
+def _idempotency(fields: dict[str, Any]) -> Idempotency | None:
+    """The optional key and fingerprint of a created record (absent in
+    lines written before idempotency keys)."""
+    key = _text_or_none(fields.get("idempotency_key"))
+    if key is None:
+        return None
+    fingerprint = _text_or_none(fields.get("fingerprint"))
+    return Idempotency(key, fingerprint or "")
+
+
 def _record(fields: dict[str, Any]) -> Record:
     if fields["v"] != FORMAT_VERSION:
         raise ValueError(f"unknown format version {fields['v']!r}")
@@ -184,7 +198,9 @@ def _record(fields: dict[str, Any]) -> Record:
     job_id = int(fields["job"])
     item: Event
     if kind == "created":
-        item = Created(job_id, at, _spec(fields["spec"]), fields.get("owner", "admin"))
+        item = Created(
+            job_id, at, _spec(fields["spec"]), fields.get("owner", "admin"), _idempotency(fields)
+        )
     elif kind == "started":
         item = Started(job_id, at)
     elif kind == "ended":

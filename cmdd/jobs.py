@@ -69,6 +69,15 @@ class Outcome:
 
 
 @frozen
+class Idempotency:
+    """The client's C{Idempotency-Key} and the fingerprint of the request it
+    came with (see L{cmdd.idempotency})."""
+
+    key: str
+    fingerprint: str
+
+
+@frozen
 class Job:
     """One job: its spec and everything that happened to it so far."""
 
@@ -80,6 +89,7 @@ class Job:
     started: float | None = None
     completed: float | None = None
     outcome: Outcome | None = None
+    idempotency: Idempotency | None = None
 
     @property
     def duration(self) -> float | None:
@@ -100,6 +110,7 @@ class Created:
     at: float
     spec: JobSpec
     owner: str = "admin"
+    idempotency: Idempotency | None = None
 
 
 @frozen
@@ -157,6 +168,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             state=State.QUEUED,
             created=event.at,
             owner=event.owner,
+            idempotency=event.idempotency,
         )
     if job is None:
         raise InvalidTransitionError(f"job {event.job_id} does not exist")
@@ -165,7 +177,10 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             raise InvalidTransitionError(f"job {job.id} cannot start from {job.state.value}")
         # Built directly, not with attrs.evolve: replay applies millions of
         # these and evolve's introspection was a tenth of replay time.
-        return Job(job.id, job.spec, State.RUNNING, job.created, job.owner, event.at)
+        return Job(
+            job.id, job.spec, State.RUNNING, job.created, job.owner, event.at,
+            idempotency=job.idempotency,
+        )
     if isinstance(event, Ended):
         if job.state not in _ENDABLE or not event.outcome.state.final:
             raise InvalidTransitionError(
@@ -180,6 +195,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             job.started,
             event.at,
             event.outcome,
+            job.idempotency,
         )
     if not job.state.final:
         raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not finished")

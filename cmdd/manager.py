@@ -18,7 +18,18 @@ from twisted.python.failure import Failure
 
 from cmdd.errors import ClientError, not_found
 from cmdd.history import History
-from cmdd.jobs import Created, Deleted, Ended, Event, Job, Outcome, Started, State, final_state
+from cmdd.jobs import (
+    Created,
+    Deleted,
+    Ended,
+    Event,
+    Idempotency,
+    Job,
+    Outcome,
+    Started,
+    State,
+    final_state,
+)
 from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
 from cmdd.slots import SlotQueue
 from cmdd.spec import JobSpec
@@ -151,8 +162,12 @@ class JobManager(Service):
 
     # --- commands ----------------------------------------------------------
 
-    def submit(self, spec: JobSpec, owner: str = "admin") -> Deferred[Job]:
+    def submit(
+        self, spec: JobSpec, owner: str = "admin", idempotency: Idempotency | None = None
+    ) -> Deferred[Job]:
         """Accept a job; the Deferred fires once its creation is durable.
+
+        C{idempotency} (the client's key) is journaled with the creation.
 
         @raise ClientError: 503 while stopping or when the queue is full.
         """
@@ -173,7 +188,7 @@ class JobManager(Service):
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         job, durable = self.history.record(
-            Created(self.store.allocate_id(), self.clock.seconds(), spec, owner)
+            Created(self.store.allocate_id(), self.clock.seconds(), spec, owner, idempotency)
         )
         assert job is not None
         self.submitted_total += 1
