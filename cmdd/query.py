@@ -22,7 +22,7 @@ from cmdd.store import JobStore
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SORTS = ("-created", "created", "completed", "-completed", "duration", "-duration")
-_REPEATABLE = frozenset({"state", "label"})
+_REPEATABLE = frozenset({"state", "label", "concurrency_key"})
 #: RFC 3339 section 5.6 date-time, and nothing else ISO 8601 allows (week or
 #: ordinal dates, no separators, no zone, hour 24, a comma before fractions).
 _RFC3339 = re.compile(
@@ -87,6 +87,8 @@ class JobQuery:
     after: tuple[float, int] | None = None
     fields: tuple[str, ...] | None = None
     final_only: bool = False
+    #: Any of these keys (repeat the parameter for more than one).
+    concurrency_keys: frozenset[str] = frozenset()
 
     def matches(self, job: Job) -> bool:
         """Whether C{job} passes every filter."""
@@ -99,6 +101,8 @@ class JobQuery:
         for key, value in self.labels:
             if job.spec.labels.get(key) != value:
                 return False
+        if self.concurrency_keys and job.spec.concurrency_key not in self.concurrency_keys:
+            return False
         if self.created_after is not None and job.created <= self.created_after:
             return False
         if self.created_before is not None and job.created >= self.created_before:
@@ -160,7 +164,7 @@ def parse_query(
     """
     known = {
         "state", "label", "owner", "q", "created_after", "created_before",
-        "completed_after", "exit_code", "sort", "limit", "cursor", "fields",
+        "completed_after", "exit_code", "sort", "limit", "cursor", "fields", "concurrency_key",
     }  # fmt: skip
     values: dict[str, Any] = {}
     for name, given in args.items():
@@ -184,6 +188,8 @@ def parse_query(
     values["labels"] = tuple(labels)
     if "owner" in one:
         values["owner"] = one["owner"]
+    if "concurrency_key" in args:
+        values["concurrency_keys"] = frozenset(args["concurrency_key"])
     if "q" in one:
         if not one["q"]:
             raise _bad("q", "must not be empty")

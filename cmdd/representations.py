@@ -80,6 +80,7 @@ JOB_FIELDS = frozenset(
         "id", "state", "owner", "command", "command_line", "environment",
         "working_directory", "stdin", "umask", "timeout", "labels", "user", "created",
         "started", "completed", "exit_code", "reason", "cancelled_by", "links",
+        "concurrency_key", "concurrency_limit",
     }
 )  # fmt: skip
 STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})

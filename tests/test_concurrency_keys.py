@@ -195,3 +195,34 @@ def test_job_events_keep_the_key_for_compaction(world: World) -> None:
     created = job_events(job)[0]
     assert isinstance(created, Created)
     assert created.spec.concurrency_key == "db" and created.spec.concurrency_limit == 4
+
+
+# --- API -------------------------------------------------------------------
+
+
+def test_jobs_can_be_listed_by_concurrency_key(tmp_path: Path) -> None:
+    """?concurrency_key= filters the list (repeat it for several keys), and
+    fields= may pick the key and limit."""
+    from test_api import Client
+
+    client = Client(tmp_path, max_running=1, max_queued=10)
+    for key in ("db", "web", "db", None):
+        body = {"command": "true"} if key is None else _keyed(key, 2)
+        assert client.json("POST", "/api/jobs", body)[0] == 202
+    code, page, _ = client.json("GET", "/api/jobs?concurrency_key=db&sort=created")
+    assert code == 200 and [job["id"] for job in page["jobs"]] == [1, 3]
+    assert page["jobs"][0]["concurrency_limit"] == 2
+    code, page, _ = client.json("GET", "/api/jobs?concurrency_key=db&concurrency_key=web")
+    assert sorted(job["id"] for job in page["jobs"]) == [1, 2, 3]
+    code, page, _ = client.json("GET", "/api/jobs?fields=id,concurrency_key&concurrency_key=web")
+    assert page["jobs"] == [{"id": 2, "concurrency_key": "web"}]
+
+
+def test_a_bad_key_over_http_is_400(tmp_path: Path) -> None:
+    """A malformed concurrency_key is a 400 JSON error naming the field."""
+    from test_api import Client
+
+    client = Client(tmp_path)
+    code, error, _ = client.json("POST", "/api/jobs", _keyed("no spaces"))
+    assert code == 400 and error["error"]["code"] == "INVALID_CONCURRENCY_KEY"
+    assert error["error"]["field"] == "concurrency_key"

@@ -323,3 +323,12 @@ def test_replay_rebuilds_the_keys(tmp_path: Path) -> None:
     code, again, _ = replayed.json("POST", "/api/jobs", {"command": "true"}, headers=_key("k"))
     assert code == 202 and again["id"] == job["id"]
 
+
+
+def test_the_description_lists_the_header_and_its_statuses() -> None:
+    """OpenAPI documents Idempotency-Key, the 200 replay, 409 and 422."""
+    from cmdd.openapi import description
+
+    post = description()["paths"]["/api/jobs"]["post"]
+    assert [p["name"] for p in post["parameters"]] == ["Idempotency-Key"]
+    assert {"200", "202", "409", "422"} <= set(post["responses"])
