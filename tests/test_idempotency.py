@@ -317,7 +317,7 @@ def test_replay_rebuilds_the_keys(tmp_path: Path) -> None:
     job = client.json("POST", "/api/jobs", {"command": "true"}, headers=_key("k"))[1]
     (tmp_path / "again").mkdir()
     replayed = Client(tmp_path / "again")
-    for item in client.manager.history._log.items:  # type: ignore[attr-defined]
+    for item in client.manager.history._log.items:
         assert isinstance(item, Created)
         replayed.manager.store.record(item)
     code, again, _ = replayed.json("POST", "/api/jobs", {"command": "true"}, headers=_key("k"))
