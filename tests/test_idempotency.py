@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from test_api import JSON, Client
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -332,3 +333,31 @@ def test_the_description_lists_the_header_and_its_statuses() -> None:
     post = description()["paths"]["/api/jobs"]["post"]
     assert [p["name"] for p in post["parameters"]] == ["Idempotency-Key"]
     assert {"200", "202", "409", "422"} <= set(post["responses"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_survive_a_real_compaction_and_replay(tmp_path: Path) -> None:
+    """A compacted journal file still holds each job's key and fingerprint,
+    and replaying it rebuilds the key index."""
+    from test_journal import load
+    from twisted.internet import reactor
+
+    from cmdd.journal import JournalWriter
+
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(reactor, str(path), fsync=True)
+    writer.open()
+    history = History(JobStore(), writer, reactor)
+    await history.record(_created(1, reactor.seconds(), "k", fp="ab" * 32))[1]
+    await history.record(Created(2, reactor.seconds(), parse_spec({"command": "true"})))[1]
+    await history.compact()
+    await writer.close()
+    assert b'"type":"meta"' in path.read_bytes().splitlines()[0]  # compacted
+    replayed, _ = load(path)
+    index = KeyIndex()
+    for job in replayed.oldest_first():
+        for event in job_events(job):
+            index.job_changed(event, job)
+    assert index.claim("alice", Idempotency("k", "ab" * 32), reactor.seconds(), _exists) == 1
+    job = replayed.get(1)
+    assert job is not None and job.idempotency == Idempotency("k", "ab" * 32)

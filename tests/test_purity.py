@@ -10,7 +10,7 @@ import pytest
 
 PURE_MODULES = [
     "spec.py", "jobs.py", "store.py", "errors.py", "query.py", "codec.py", "representations.py",
-    "tokens.py", "isolation.py", "throttle.py",
+    "tokens.py", "isolation.py", "throttle.py", "slots.py", "idempotency.py",
 ]
 FORBIDDEN = ("twisted", "klein", "treq", "os", "io", "socket", "subprocess")
 
