@@ -42,6 +42,8 @@ class _Line:
 
 @attrs.define(eq=False)
 class _Waiting:
+    """A queued job: its key, the limit it asks for, its place in line."""
+
     key: Hashable
     limit: int
     seq: int
@@ -70,6 +72,7 @@ class SlotQueue:
         return len(self._waiting)
 
     def __contains__(self, job_id: object) -> bool:
+        """Whether the job is waiting (not handed out)."""
         return job_id in self._waiting
 
     def enqueue(
