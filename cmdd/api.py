@@ -24,8 +24,9 @@ from cmdd.accounts import Accounts
 from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
 from cmdd.errors import ClientError, not_found
 from cmdd.follow import follow, parse_range
+from cmdd.idempotency import KeyIndex, fingerprint, parse_key_header
 from cmdd.jobpatch import parse_patch, patched_spec
-from cmdd.jobs import Job, State
+from cmdd.jobs import Idempotency, Job, State
 from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
 from cmdd.openapi import description
@@ -130,6 +131,9 @@ class CmddAPI:
             readiness = Readiness()
             readiness.ready()
         self._readiness = readiness
+        #: Idempotency-Key → job; fed by the store, so replay rebuilds it.
+        self.idempotency_keys = KeyIndex()
+        manager.store.add_listener(self.idempotency_keys.job_changed)
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -206,14 +210,24 @@ class CmddAPI:
         spec = parse_spec(read_json(request), now=self._manager.clock.seconds())
         if spec.user is not None:
             self._run_as.check(principal, spec.user)
-        job = await self._manager.submit(spec, owner=principal.name)
-        status_url = f"/api/statuses/{job.id}"
-        return respond_json(
-            request,
-            job_json(job),
-            202,
-            {"Location": status_url, "Retry-After": "1"},
+        key = parse_key_header(request.requestHeaders.getRawHeaders(b"idempotency-key"))
+        if key is None:
+            job = await self._manager.submit(spec, owner=principal.name)
+            return _accepted(request, job)
+        tag = Idempotency(key, fingerprint(spec.to_json()))
+        keys, manager = self.idempotency_keys, self._manager
+        earlier = keys.claim(
+            principal.name, tag, manager.clock.seconds(), lambda i: manager.store.get(i) is not None
         )
+        if earlier is not None:
+            return _accepted(request, manager.get(earlier), replayed=True)
+        try:
+            job = await manager.submit(spec, owner=principal.name, idempotency=tag)
+        except ClientError:
+            # Refused (a full queue, a full disk): the key stays free.
+            keys.release(principal.name, key)
+            raise
+        return _accepted(request, job)
 
     @app.route("/api/jobs", methods=["GET"])
     def list_jobs(self, request: IRequest) -> bytes:
@@ -497,6 +511,18 @@ class CmddAPI:
             body["next"] = next_url
             headers["Link"] = f'<{next_url}>; rel="next"'
         return respond_json(request, body, 200, headers)
+
+
+def _accepted(request: IRequest, job: Job, replayed: bool = False) -> bytes:
+    """The answer to a POST of a job: 202 while it is not final (a replayed
+    Idempotency-Key of a finished job: 200)."""
+    headers = {"Location": f"/api/statuses/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if job.state.final:
+        return respond_json(request, job_json(job), 200, headers)
+    headers["Retry-After"] = "1"
+    return respond_json(request, job_json(job), 202, headers)
 
 
 def _args(request: IRequest) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from cmdd.jobs import (
     Deleted,
     Ended,
     Event,
+    Idempotency,
     Job,
     Modified,
     Outcome,
@@ -129,6 +130,9 @@ def _event_fields(event: Event) -> dict[str, Any]:
             "owner": event.owner,
             "spec": _spec_fields(event.spec),
         }
+        if event.idempotency is not None:
+            created["idempotency_key"] = event.idempotency.key
+            created["fingerprint"] = event.idempotency.fingerprint
         if event.schedule_id is not None:
             created["schedule"] = event.schedule_id
         return created
@@ -161,7 +165,9 @@ def _event_fields(event: Event) -> dict[str, Any]:
 
 def job_events(job: Job) -> list[Event]:
     """Events that rebuild C{job} exactly as it is (for compaction)."""
-    events: list[Event] = [Created(job.id, job.created, job.spec, job.owner, job.schedule_id)]
+    events: list[Event] = [
+        Created(job.id, job.created, job.spec, job.owner, job.idempotency, job.schedule_id)
+    ]
     if job.released is not None:
         events.append(Released(job.id, job.released))
     if job.started is not None:
@@ -243,6 +249,9 @@ def _spec(fields: Any) -> JobSpec:
     run_at = fields.get("run_at")
     if run_at is not None and (isinstance(run_at, bool) or not isinstance(run_at, int | float)):
         raise TypeError("run_at is not a number")
+    limit = fields.get("concurrency_limit", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError("concurrency_limit is not an integer")
     spec = JobSpec(
         run_at=None if run_at is None else float(run_at),
         command=_text_or_none(fields.get("command")),
@@ -252,6 +261,8 @@ def _spec(fields: Any) -> JobSpec:
         umask=_text_or_none(fields.get("umask")),
         timeout=None if timeout is None else float(timeout),
         user=_text_or_none(fields.get("user")),
+        concurrency_key=_text_or_none(fields.get("concurrency_key")),
+        concurrency_limit=limit,
         **{
             name: _strings(fields[name])
             for name in ("environment", "labels")
@@ -261,6 +272,16 @@ def _spec(fields: Any) -> JobSpec:
     if (spec.command is None) == (spec.command_line is None):
         raise ValueError("a stored spec has exactly one of command and command_line")
     return spec
+
+
+def _idempotency(fields: dict[str, Any]) -> Idempotency | None:
+    """The optional key and fingerprint of a created record (absent in
+    lines written before idempotency keys)."""
+    key = _text_or_none(fields.get("idempotency_key"))
+    if key is None:
+        return None
+    fingerprint = _text_or_none(fields.get("fingerprint"))
+    return Idempotency(key, fingerprint or "")
 
 
 def _record(fields: dict[str, Any]) -> Record:
@@ -280,6 +301,7 @@ def _record(fields: dict[str, Any]) -> Record:
             at,
             _spec(fields["spec"]),
             fields.get("owner", "admin"),
+            _idempotency(fields),
             None if schedule is None else int(schedule),
         )
     elif kind == "released":

@@ -69,6 +69,15 @@ class Outcome:
 
 
 @frozen
+class Idempotency:
+    """The client's C{Idempotency-Key} and the fingerprint of the request it
+    came with (see L{cmdd.idempotency})."""
+
+    key: str
+    fingerprint: str
+
+
+@frozen
 class Job:
     """One job: its spec and everything that happened to it so far."""
 
@@ -80,6 +89,7 @@ class Job:
     started: float | None = None
     completed: float | None = None
     outcome: Outcome | None = None
+    idempotency: Idempotency | None = None
     #: When a scheduled job's C{run_at} released it into the queue.
     released: float | None = None
     #: The recurring schedule that created it, if any.
@@ -104,6 +114,7 @@ class Created:
     at: float
     spec: JobSpec
     owner: str = "admin"
+    idempotency: Idempotency | None = None
     schedule_id: int | None = None
 
 
@@ -183,6 +194,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             state=State.QUEUED if event.spec.run_at is None else State.SCHEDULED,
             created=event.at,
             owner=event.owner,
+            idempotency=event.idempotency,
             schedule_id=event.schedule_id,
         )
     if job is None:
@@ -194,7 +206,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
         # these and evolve's introspection was a tenth of replay time.
         return Job(
             job.id, job.spec, State.RUNNING, job.created, job.owner, event.at,
-            released=job.released, schedule_id=job.schedule_id,
+            idempotency=job.idempotency, released=job.released, schedule_id=job.schedule_id,
         )  # fmt: skip
     if isinstance(event, Released | Modified):
         return _not_started_change(job, event)
@@ -212,6 +224,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             job.started,
             event.at,
             event.outcome,
+            job.idempotency,
             job.released,
             job.schedule_id,
         )
@@ -226,7 +239,7 @@ def _not_started_change(job: Job, event: Released | Modified) -> Job:
             raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not scheduled")
         return Job(
             job.id, job.spec, State.QUEUED, job.created, job.owner,
-            released=event.at, schedule_id=job.schedule_id,
+            idempotency=job.idempotency, released=event.at, schedule_id=job.schedule_id,
         )  # fmt: skip
     if job.state not in (State.SCHEDULED, State.QUEUED):
         raise InvalidTransitionError(f"job {job.id} is {job.state.value}; it cannot change")
@@ -237,7 +250,7 @@ def _not_started_change(job: Job, event: Released | Modified) -> Job:
         released = None
     return Job(
         job.id, event.spec, state, job.created, job.owner,
-        released=released, schedule_id=job.schedule_id,
+        idempotency=job.idempotency, released=released, schedule_id=job.schedule_id,
     )  # fmt: skip
 
 

@@ -6,7 +6,6 @@ process's end means); the executor owns the mechanics of processes.
 
 from __future__ import annotations
 
-import collections
 import signal
 from typing import Any, NoReturn, TypeVar
 
@@ -24,6 +23,7 @@ from cmdd.jobs import (
     Deleted,
     Ended,
     Event,
+    Idempotency,
     Job,
     Modified,
     Outcome,
@@ -33,6 +33,7 @@ from cmdd.jobs import (
     final_state,
 )
 from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
+from cmdd.slots import SlotQueue
 from cmdd.spec import JobSpec
 from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_outputs
 
@@ -99,7 +100,7 @@ class JobManager(Service):
         self.clock = clock
         self.output_dir = output_dir
         self.limits = limits
-        self._queue: collections.deque[int] = collections.deque()
+        self._queue = SlotQueue()
         self._running: dict[int, _Run] = {}
         self._final_waiters: dict[int, list[Deferred[Job]]] = {}
         self._output_waiters: dict[int, list[Deferred[None]]] = {}
@@ -166,11 +167,16 @@ class JobManager(Service):
     # --- commands ----------------------------------------------------------
 
     def submit(
-        self, spec: JobSpec, owner: str = "admin", schedule_id: int | None = None
+        self,
+        spec: JobSpec,
+        owner: str = "admin",
+        idempotency: Idempotency | None = None,
+        schedule_id: int | None = None,
     ) -> Deferred[Job]:
         """Accept a job; the Deferred fires once its creation is durable.
 
-        A job with a C{run_at} is C{scheduled}: L{release} queues it later.
+        C{idempotency} (the client's key) is journaled with the creation. A
+        job with a C{run_at} is C{scheduled}: L{release} queues it later.
 
         @raise ClientError: 503 while stopping or when the queue is full.
         """
@@ -199,7 +205,14 @@ class JobManager(Service):
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
         job, durable = self.history.record(
-            Created(self.store.allocate_id(), self.clock.seconds(), spec, owner, schedule_id)
+            Created(
+                self.store.allocate_id(),
+                self.clock.seconds(),
+                spec,
+                owner,
+                idempotency,
+                schedule_id,
+            )
         )
         assert job is not None
         self.submitted_total += 1
@@ -207,14 +220,11 @@ class JobManager(Service):
             # Queued at once: its start is journaled after its creation, and
             # the process is spawned only once that start is durable. If the
             # creation is refused, so is the start (see History).
-            self._queue.append(job.id)
+            self._enqueue(job)
             self._schedule_pump()
 
         def refused(failure: Failure) -> Job:
-            try:
-                self._queue.remove(job.id)
-            except ValueError:
-                pass
+            self._queue.remove(job.id)
             return _not_durable(failure, "the job could not be recorded durably; it will not run")
 
         return durable.addCallbacks(lambda _: job, refused)
@@ -248,7 +258,7 @@ class JobManager(Service):
             def refused(failure: Failure) -> Job:
                 # Still queued (or scheduled), as the journal says.
                 if queued:
-                    self._queue.appendleft(job_id)
+                    self._enqueue(job, front=True)
                     self._schedule_pump()
                 return _not_durable(failure, "the cancel could not be recorded durably")
 
@@ -268,12 +278,11 @@ class JobManager(Service):
         if job is None or job.state is not State.SCHEDULED or self._stopping:
             return succeed(None)
         _, durable = self.history.record(Released(job_id, self.clock.seconds()))
-        self._queue.append(job_id)
+        self._enqueue(job)
         self._schedule_pump()
 
         def refused(failure: Failure) -> Failure:
-            if job_id in self._queue:
-                self._queue.remove(job_id)
+            self._queue.remove(job_id)
             return failure
 
         return durable.addErrback(refused)
@@ -297,17 +306,17 @@ class JobManager(Service):
         assert after is not None
         moved = after.state is not job.state
         if moved and after.state is State.QUEUED:
-            self._queue.append(job_id)
+            self._enqueue(after)
             self._schedule_pump()
-        elif moved and job_id in self._queue:
+        elif moved:
             self._queue.remove(job_id)
 
         def refused(failure: Failure) -> Job:
             # Unchanged, as the journal says: back where it was.
-            if moved and job_id in self._queue:
+            if moved and after.state is State.QUEUED:
                 self._queue.remove(job_id)
-            elif moved and job.state is State.QUEUED:
-                self._queue.appendleft(job_id)
+            elif moved:
+                self._enqueue(job, front=True)
                 self._schedule_pump()
             return _not_durable(failure, "the change could not be recorded durably")
 
@@ -363,7 +372,7 @@ class JobManager(Service):
         now = self.clock.seconds()
         for job in self.store.oldest_first():
             if job.state is State.QUEUED:
-                self._queue.append(job.id)
+                self._enqueue(job)
             elif job.state is State.RUNNING:
                 stdout_bytes, stderr_bytes = (
                     output_size(output_path(self.output_dir, job.id, stream))
@@ -436,6 +445,12 @@ class JobManager(Service):
 
     # --- internals ---------------------------------------------------------
 
+    def _enqueue(self, job: Job, front: bool = False) -> None:
+        # Concurrency keys are per owner: alice's "db" is not bob's.
+        key = job.spec.concurrency_key
+        slot_key = None if key is None else (job.owner, key)
+        self._queue.enqueue(job.id, slot_key, job.spec.concurrency_limit, front=front)
+
     def _job_changed(self, event: Event, job: Job | None) -> None:
         if job is not None and job.state.final:
             for waiter in self._final_waiters.pop(job.id, []):
@@ -453,13 +468,16 @@ class JobManager(Service):
         while (
             not self._stopping
             and not self._backing_off
-            and self._queue
             and len(self._running) < self.limits.max_running
         ):
-            job_id = self._queue.popleft()
+            job_id = self._queue.next_startable()
+            if job_id is None:
+                break
             job = self.history.current(job_id)
             if job is not None and job.state is State.QUEUED:
                 self._start(job_id)
+            else:
+                self._queue.release(job_id)
 
     def _start(self, job_id: int) -> None:
         run = _Run(job_id)
@@ -508,6 +526,7 @@ class JobManager(Service):
         # must never run a job twice. It is still queued, as the journal
         # says, unless its creation was refused too (then it never existed).
         del self._running[run.job_id]
+        self._queue.release(run.job_id)
         job = self.history.current(run.job_id)
         if job is None:
             return
@@ -522,7 +541,7 @@ class JobManager(Service):
             job_id=run.job_id,
             why=failure.getErrorMessage(),
         )
-        self._queue.appendleft(run.job_id)
+        self._enqueue(job, front=True)
         # No more starts until the journal had a moment (a refusal may come
         # at once, from inside the pump).
         self._backing_off = True
@@ -530,6 +549,7 @@ class JobManager(Service):
 
     def _end(self, run: _Run, outcome: Outcome) -> None:
         del self._running[run.job_id]
+        self._queue.release(run.job_id)
         self._record_end(run.job_id, self.clock.seconds(), outcome)
         self._schedule_pump()
 

@@ -45,6 +45,9 @@ SPEC = {
         "timeout": {"type": "number", "exclusiveMinimum": 0},
         "labels": _STRING_MAP,
         "user": {"type": "string"},
+        "concurrency_key": {"type": "string",
+                            "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@=+\\-/]{0,127}$"},
+        "concurrency_limit": {"type": "integer", "minimum": 1, "maximum": 1000},
         "run_at": {"type": "string", "format": "date-time",
                    "description": "RFC 3339 with an offset: scheduled until then"},
     },
@@ -62,7 +65,15 @@ HISTORY_ENTRY = {
         "exit_code": {"type": "integer"},
         "signal": {"type": "integer"},
     },
-}
+}  # fmt: skip
+#: An RFC 8941 sf-string (the IETF httpapi idempotency-key draft).
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "a retry with the same key within 24 h returns the original job",
+    "schema": {"type": "string", "pattern": '^"([\\x20-\\x21\\x23-\\x5b\\x5d-\\x7e]|'
+               '\\\\["\\\\]){1,255}"$'},
+}  # fmt: skip
 JOB = {
     "type": "object",
     "required": ["id", "state", "owner", "created", "links"],
@@ -162,6 +173,8 @@ LIST_PARAMETERS = [
     {"name": "state", "in": "query", "schema": STATE},
     {"name": "label", "in": "query", "schema": {"type": "string", "pattern": "^[^:]+:.*$"}},
     {"name": "owner", "in": "query", "schema": {"type": "string"}},
+    {"name": "concurrency_key", "in": "query", "schema": {"type": "string"},
+     "description": "repeat for any of several keys"},
     {"name": "q", "in": "query", "schema": {"type": "string", "minLength": 1}},
     {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
     {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
@@ -197,6 +210,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "body too large",
         415: "body is not JSON",
         416: "range not satisfiable",
+        422: "Idempotency-Key already used with a different request",
         429: "too many failed logins for this user from this address (Retry-After)",
         503: "queue full or stopping",
     }
@@ -246,13 +260,15 @@ def description() -> dict[str, Any]:
         "/api/jobs": {
             "post": {
                 "summary": "submit a job",
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": SPEC}},
                 },
                 "responses": {
                     "202": _json(JOB, "accepted and durable; Location: its status"),
-                    **_errors(400, 403, 413, 415, 503),
+                    "200": _json(JOB, "Idempotency-Key replayed: the original job, final"),
+                    **_errors(400, 403, 409, 413, 415, 422, 503),
                 },
             },
             **_list_operation("jobs", JOB, "list jobs, newest first"),

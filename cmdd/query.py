@@ -22,7 +22,7 @@ from cmdd.timefmt import NotRFC3339, parse_rfc3339
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SORTS = ("-created", "created", "completed", "-completed", "duration", "-duration")
-_REPEATABLE = frozenset({"state", "label"})
+_REPEATABLE = frozenset({"state", "label", "concurrency_key"})
 #: A number as JSON writes one (RFC 8259 section 6), ASCII only: Python's
 #: int() and float() also take "+1", " 1", "1_0", other scripts' digits,
 #: "nan" and "inf", none of them a number in a query.
@@ -72,6 +72,8 @@ class JobQuery:
     after: tuple[float, int] | None = None
     fields: tuple[str, ...] | None = None
     final_only: bool = False
+    #: Any of these keys (repeat the parameter for more than one).
+    concurrency_keys: frozenset[str] = frozenset()
 
     def matches(self, job: Job) -> bool:
         """Whether C{job} passes every filter."""
@@ -84,6 +86,8 @@ class JobQuery:
         for key, value in self.labels:
             if job.spec.labels.get(key) != value:
                 return False
+        if self.concurrency_keys and job.spec.concurrency_key not in self.concurrency_keys:
+            return False
         if self.created_after is not None and job.created <= self.created_after:
             return False
         if self.created_before is not None and job.created >= self.created_before:
@@ -147,7 +151,8 @@ def parse_query(
     """
     known = {
         "state", "label", "owner", "q", "created_after", "created_before",
-        "completed_after", "exit_code", "sort", "limit", "cursor", "fields", "schedule_id",
+        "completed_after", "exit_code", "sort", "limit", "cursor", "fields", "concurrency_key",
+        "schedule_id",
     }  # fmt: skip
     values: dict[str, Any] = {}
     for name, given in args.items():
@@ -171,6 +176,8 @@ def parse_query(
     values["labels"] = tuple(labels)
     if "owner" in one:
         values["owner"] = one["owner"]
+    if "concurrency_key" in args:
+        values["concurrency_keys"] = frozenset(args["concurrency_key"])
     if "q" in one:
         if not one["q"]:
             raise _bad("q", "must not be empty")

@@ -84,7 +84,7 @@ JOB_FIELDS = frozenset(
         "id", "state", "owner", "command", "command_line", "environment",
         "working_directory", "stdin", "umask", "timeout", "labels", "user", "created",
         "started", "completed", "exit_code", "reason", "cancelled_by", "links",
-        "run_at", "schedule_id", "status_history",
+        "concurrency_key", "concurrency_limit", "run_at", "schedule_id", "status_history",
     }
 )  # fmt: skip
 STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})

@@ -33,6 +33,8 @@ KNOWN_FIELDS = frozenset(
         "labels",
         "user",
         "run_at",
+        "concurrency_key",
+        "concurrency_limit",
     }
 )
 
@@ -46,6 +48,7 @@ MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0
 MAX_PATH_CHARS = 4096
 #: How far ahead a C{run_at} may be: a typo in the year is refused, not kept.
 MAX_RUN_AHEAD_SECONDS = 5 * 366 * 86400.0
+MAX_CONCURRENCY_LIMIT = 1000
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
@@ -54,6 +57,8 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
 _UMASK = re.compile(r"0?[0-7]{3}\Z")
+#: A concurrency key: printable ASCII without spaces, like a label key but longer.
+_CONCURRENCY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@=+\-/]{0,127}\Z")
 
 
 @frozen
@@ -71,6 +76,10 @@ class JobSpec:
     user: str | None = None
     #: When the job may start (Unix seconds); until then it is C{scheduled}.
     run_at: float | None = None
+    #: Jobs of one owner with the same key run at most C{concurrency_limit}
+    #: at once (see L{cmdd.slots}).
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
 
     def argv(self) -> tuple[str, ...]:
         """The argument vector to execute: C{/bin/sh -c command} or the list."""
@@ -106,6 +115,9 @@ class JobSpec:
             out["user"] = self.user
         if self.run_at is not None:
             out["run_at"] = format_rfc3339(self.run_at)
+        if self.concurrency_key is not None:
+            out["concurrency_key"] = self.concurrency_key
+            out["concurrency_limit"] = self.concurrency_limit
         return out
 
 
@@ -226,6 +238,39 @@ def parse_run_at(value: object, now: float | None) -> float:
     return when
 
 
+def _parse_concurrency(body: Mapping[str, Any]) -> tuple[str | None, int]:
+    key = body.get("concurrency_key")
+    limit = body.get("concurrency_limit")
+    if key is not None:
+        key = _text(key, "concurrency_key", "INVALID_CONCURRENCY_KEY", 128)
+        if not _CONCURRENCY_KEY.match(key):
+            raise SpecError(
+                "INVALID_CONCURRENCY_KEY",
+                "concurrency_key is 1-128 characters of letters, digits and _ . : @ = + - /,"
+                " starting with a letter or digit",
+                "concurrency_key",
+            )
+    if limit is None:
+        return key, 1
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise SpecError(
+            "INVALID_CONCURRENCY_LIMIT", "concurrency_limit must be an integer", "concurrency_limit"
+        )
+    if not 1 <= limit <= MAX_CONCURRENCY_LIMIT:
+        raise SpecError(
+            "INVALID_CONCURRENCY_LIMIT",
+            f"concurrency_limit must be from 1 to {MAX_CONCURRENCY_LIMIT}",
+            "concurrency_limit",
+        )
+    if key is None:
+        raise SpecError(
+            "INVALID_CONCURRENCY_LIMIT",
+            "concurrency_limit needs a concurrency_key",
+            "concurrency_limit",
+        )
+    return key, limit
+
+
 def parse_spec(body: object, now: float | None = None) -> JobSpec:
     """Validate a decoded JSON body and return the job spec it describes.
 
@@ -305,8 +350,11 @@ def parse_spec(body: object, now: float | None = None) -> JobSpec:
     run_at = None
     if body.get("run_at") is not None:
         run_at = parse_run_at(body["run_at"], now)
+    concurrency_key, concurrency_limit = _parse_concurrency(body)
     return JobSpec(
         run_at=run_at,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
         user=user,
         command=command,
         command_line=command_line,

@@ -187,7 +187,7 @@ def test_new_events_round_trip_and_compaction_rebuilds_the_job_exactly() -> None
 
     spec = parse_spec({"command": "true", "run_at": at(0.1234567)})
     events = [
-        Created(1, T0, spec, "alice", 7),
+        Created(1, T0, spec, "alice", schedule_id=7),
         Modified(1, T0 + 1, parse_spec({"command": "x", "run_at": at(5.5), "labels": {"a": "b"}})),
         Released(1, T0 + 9),
         Started(1, T0 + 10),
@@ -201,3 +201,16 @@ def test_new_events_round_trip_and_compaction_rebuilds_the_job_exactly() -> None
     for event in job_events(job):
         rebuilt = apply_event(rebuilt, decode(encode(1, event)[:-1]).item)  # type: ignore[arg-type]
     assert rebuilt == job
+
+
+def test_released_jobs_keep_their_concurrency_key(tmp_path: Path) -> None:
+    """Released into the keyed queue: two jobs with one key and one run_at run one at a time."""
+    world = World(tmp_path)
+    for _ in range(2):
+        world.submit({"command": "true", "run_at": at(5), "concurrency_key": "db"})
+    world.clock.advance(5)
+    world.clock.advance(0)
+    assert (world.state(1), world.state(2)) == (State.RUNNING, State.QUEUED)
+    world.executor.by_job(1).finish(0)
+    world.clock.advance(0)
+    assert world.state(2) is State.RUNNING

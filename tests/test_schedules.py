@@ -217,7 +217,7 @@ def test_offline_compaction_keeps_schedules(tmp_path: Path) -> None:
     items: list[Any] = [
         ScheduleSaved(T0, one), ScheduleSaved(T0, two), ScheduleSaved(T0 + 1, two),
         ScheduleDeleted(T0 + 2, two.id, "alice"),
-        Created(1, T0 + 60, JobSpec(command="true"), "alice", one.id),
+        Created(1, T0 + 60, JobSpec(command="true"), "alice", schedule_id=one.id),
     ]  # fmt: skip
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
