@@ -75,6 +75,8 @@ class ScheduleService(Service):
         taken = self.book.load(item)
         if taken:
             assert isinstance(item, ScheduleSaved | ScheduleDeleted)
+            if isinstance(item, ScheduleDeleted):
+                self._last_jobs.pop(item.schedule_id, None)
             self._arm_for(_id_of(item))
         return taken
 
@@ -177,6 +179,8 @@ class ScheduleService(Service):
 
     def _durable(self, _: object, record: ScheduleRecord) -> None:
         self.book.load(record)
+        if isinstance(record, ScheduleDeleted):
+            self._last_jobs.pop(record.schedule_id, None)
         schedule_id = _id_of(record)
         left = self._in_flight.get(schedule_id, 0) - 1
         if left > 0:
