@@ -214,3 +214,36 @@ def test_released_jobs_keep_their_concurrency_key(tmp_path: Path) -> None:
     world.executor.by_job(1).finish(0)
     world.clock.advance(0)
     assert world.state(2) is State.RUNNING
+
+
+def test_timetable_agrees_with_a_plain_dict_model() -> None:
+    """Any mix of set/discard/pop_due gives what a naive sorted scan gives."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    operation = st.one_of(
+        st.tuples(st.just("set"), st.integers(0, 20), st.integers(0, 50)),
+        st.tuples(st.just("discard"), st.integers(0, 20), st.just(0)),
+        st.tuples(st.just("pop"), st.just(0), st.integers(0, 50)),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(operation, max_size=60))
+    def check(operations: list[tuple[str, int, int]]) -> None:
+        table, model = Timetable(), {}
+        for name, key, when in operations:
+            if name == "set":
+                table.set(key, float(when))
+                model[key] = float(when)
+            elif name == "discard":
+                table.discard(key)
+                model.pop(key, None)
+            else:
+                due = sorted((w, k) for k, w in model.items() if w <= when)
+                assert table.pop_due(float(when)) == [k for _, k in due]
+                for _, k in due:
+                    del model[k]
+            assert table.earliest() == (min(model.values()) if model else None)
+            assert len(table) == len(model)
+
+    check()
