@@ -24,9 +24,11 @@ from cmdd.accounts import Accounts
 from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.follow import follow, parse_range
-from cmdd.jobs import Job, State
+from cmdd.jobs import Job
 from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
+from cmdd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cmdd.metrics import DaemonMetrics
 from cmdd.openapi import description
 from cmdd.query import parse_number, parse_query, run_query, trim
 from cmdd.representations import (
@@ -114,6 +116,7 @@ class CmddAPI:
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
         readiness: Readiness | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
@@ -124,6 +127,10 @@ class CmddAPI:
             readiness = Readiness()
             readiness.ready()
         self._readiness = readiness
+        if metrics is None:
+            metrics = DaemonMetrics(manager.store, manager)
+            metrics.watch()
+        self._metrics = metrics
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -433,18 +440,8 @@ class CmddAPI:
             raise ClientError(
                 "FORBIDDEN", "only admins and the metrics role may read /metrics", status=403
             )
-        manager = self._manager
-        lines = [
-            "# HELP cmdd_jobs_submitted_total Jobs accepted since start.",
-            "# TYPE cmdd_jobs_submitted_total counter",
-            f"cmdd_jobs_submitted_total {manager.submitted_total}",
-            "# HELP cmdd_jobs Jobs in history by state.",
-            "# TYPE cmdd_jobs gauge",
-        ]
-        for state in State:
-            lines.append(f'cmdd_jobs{{state="{state.value}"}} {manager.store.counts[state]}')
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
+        return self._metrics.exposition()
 
     # --- shared ----------------------------------------------------------
 

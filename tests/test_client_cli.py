@@ -24,19 +24,23 @@ import pytest
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
+#: In the text log and in the JSON-lines log.
 PORT_LINE = re.compile(rb"JsonSite \(TLS\) starting on (\d+)")
-FINGERPRINT_LINE = re.compile(rb"SHA-256 fingerprint ([0-9A-F:]{95})")
+FINGERPRINT_LINE = re.compile(rb'(?:SHA-256 fingerprint |"fingerprint": ")([0-9A-F:]{95})')
+#: Passwords and tokens the tests handed to the daemon: never in its log.
+SECRETS: list[str] = []
 
 
 class TlsDaemon:
     """`twistd cmdd` on ssl:0 (no port race): port and fingerprint from its log."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, twistd_args: tuple[str, ...] = ()) -> None:
         self.data_dir = root / "data"
         self.log_path = root / "daemon.log"
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "cmdd", "--data-dir", str(self.data_dir),
+            [str(BIN / "twistd"), "-n", "--pidfile=", *twistd_args, "cmdd",
+             "--data-dir", str(self.data_dir),
              "--listen", "ssl:0:interface=127.0.0.1", "--kill-grace", "2"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -240,3 +244,17 @@ def test_login_writes_a_private_profile_then_tokens(daemon: TlsDaemon, tmp_path:
     assert rows and all(owner == "carol" for _, owner in rows)
     token_id = rows[0][0]
     assert cmdd(carol, "token", "revoke", token_id).returncode == 0
+    SECRETS.extend(["s3cret-pass", saved["token"], own.stdout.strip(), made.stdout.strip()])
+
+
+def test_the_log_tells_each_transition_and_no_secret(daemon: TlsDaemon) -> None:
+    """Runs last in this module: the daemon's log names every job transition
+    with owner and state, and holds none of the secrets the tests used."""
+    job_id = cmdd(daemon.env(), "submit", "--", "sh", "-c", "exit 5").stdout.strip()
+    assert cmdd(daemon.env(), "logs", "-f", job_id).returncode == 0
+    log = daemon.log_path.read_text()
+    for state in ("queued", "running", "failed"):
+        assert f"job {job_id} {state} (owner admin" in log
+    assert f"job {job_id} failed (owner admin, exit code 5" in log
+    for secret in [daemon.token, *SECRETS]:
+        assert secret and secret not in log
