@@ -25,9 +25,11 @@ from cmdd.auth import METRICS_READERS, RunAsPolicy, principal_of
 from cmdd.errors import ClientError, SpecError, not_found
 from cmdd.follow import follow, parse_range
 from cmdd.idempotency import KeyIndex, fingerprint, parse_key_header
-from cmdd.jobs import Idempotency, Job, State
+from cmdd.jobs import Idempotency, Job
 from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
+from cmdd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cmdd.metrics import DaemonMetrics
 from cmdd.openapi import description
 from cmdd.query import parse_number, parse_query, run_query, trim
 from cmdd.representations import (
@@ -42,6 +44,7 @@ from cmdd.representations import (
 from cmdd.results import stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
+from cmdd.tokenrequest import TokenRequest, parse_token_request
 from cmdd.web import read_json, respond_json, wants_event_stream
 
 log = Logger()
@@ -114,6 +117,7 @@ class CmddAPI:
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
         readiness: Readiness | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
@@ -127,6 +131,10 @@ class CmddAPI:
         #: Idempotency-Key → job; fed by the store, so replay rebuilds it.
         self.idempotency_keys = KeyIndex()
         manager.store.add_listener(self.idempotency_keys.job_changed)
+        if metrics is None:
+            metrics = DaemonMetrics(manager.store, manager)
+            metrics.watch()
+        self._metrics = metrics
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -252,6 +260,24 @@ class CmddAPI:
         request.setResponseCode(204)
         return b""
 
+    @app.route("/api/jobs/<job_id>/output", methods=["GET"])
+    async def follow_output(self, request: IRequest, job_id: str) -> bytes:
+        """Both streams and the end, as Server-Sent Events on one connection."""
+        _query(request, frozenset())
+        job = self._job(request, job_id)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        return await follow(
+            request,
+            [(name, output_path(self._manager.output_dir, job.id, name)) for name in STREAMS],
+            job.id,
+            current=self._manager.store.get,
+            changed=self._manager.output_changed,
+            run_blocking=self._run_blocking,
+            sse=True,
+            clock=self._manager.clock,
+        )
+
     @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:
         params = _query(request, frozenset({"follow"}))
@@ -270,9 +296,8 @@ class CmddAPI:
                 request.setHeader(b"content-type", b"application/octet-stream")
             return await follow(
                 request,
-                path,
+                [(stream, path)],
                 job.id,
-                stream,
                 current=self._manager.store.get,
                 changed=self._manager.output_changed,
                 run_blocking=self._run_blocking,
@@ -348,37 +373,26 @@ class CmddAPI:
     @app.route("/api/tokens", methods=["POST"])
     async def create_token(self, request: IRequest) -> bytes:
         principal = principal_of(request)
-        expires_in, description = None, ""
+        wanted = TokenRequest()
         if request.getHeader("content-type") or _has_body(request):
-            body = read_json(request)
-            if not isinstance(body, dict) or set(body) - {"expires_in", "description"}:
+            wanted = parse_token_request(read_json(request))
+        owner, parent = principal.name, principal.token_id
+        if wanted.user is not None and wanted.user != principal.name:
+            # An admin's token for someone else (a Prometheus scraper, a CI
+            # runner) belongs to them alone: not bound to the admin's token.
+            if not principal.is_admin:
                 raise ClientError(
-                    "INVALID_TOKEN_REQUEST",
-                    'the body may hold only "expires_in" (seconds) and "description"',
+                    "FORBIDDEN", "only an admin creates tokens for other users", status=403
                 )
-            expires_in = body.get("expires_in")
-            if expires_in is not None and (
-                isinstance(expires_in, bool) or not isinstance(expires_in, int | float)
-            ):
+            if wanted.user not in self._accounts.users():
                 raise ClientError(
-                    "INVALID_EXPIRES_IN",
-                    "expires_in must be a number of seconds",
-                    field="expires_in",
+                    "UNKNOWN_USER", f"no user {wanted.user!r}", field="user", status=400
                 )
-            description = body.get("description") or ""
-            if not isinstance(description, str) or len(description) > 200:
-                raise ClientError(
-                    "INVALID_DESCRIPTION",
-                    "description must be a string of at most 200 characters",
-                    field="description",
-                )
-        # A token made with a token is its child: it never outlives the
-        # parent's expiry and is revoked with it.
+            owner, parent = wanted.user, None
+        # Otherwise a token made with a token is its child: it never outlives
+        # the parent's expiry and is revoked with it.
         token, secret = await self._accounts.issue_token(
-            principal.name,
-            None if expires_in is None else float(expires_in),
-            description,
-            parent=principal.token_id,
+            owner, wanted.expires_in, wanted.description, parent=parent
         )
         body = {**token_json(token), "token": secret}
         headers = {"Location": f"/api/tokens/{token.id}", "Cache-Control": "no-store"}
@@ -440,18 +454,8 @@ class CmddAPI:
             raise ClientError(
                 "FORBIDDEN", "only admins and the metrics role may read /metrics", status=403
             )
-        manager = self._manager
-        lines = [
-            "# HELP cmdd_jobs_submitted_total Jobs accepted since start.",
-            "# TYPE cmdd_jobs_submitted_total counter",
-            f"cmdd_jobs_submitted_total {manager.submitted_total}",
-            "# HELP cmdd_jobs Jobs in history by state.",
-            "# TYPE cmdd_jobs gauge",
-        ]
-        for state in State:
-            lines.append(f'cmdd_jobs{{state="{state.value}"}} {manager.store.counts[state]}')
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
+        return self._metrics.exposition()
 
     # --- shared ----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -292,8 +293,11 @@ class JournalWriter:
         fsync: bool = True,
         seq: int = 0,
         ops: FileOps = REAL_OPS,
+        on_write: Callable[[float], None] | None = None,
     ) -> None:
         self._reactor = reactor
+        #: Told the seconds each batch's write and fsync took (on the thread).
+        self._on_write = on_write
         self.path = path
         self._fsync = fsync
         self._ops = ops
@@ -390,6 +394,7 @@ class JournalWriter:
     def _write_batch(self, data: bytes) -> int:
         assert self._fd is not None
         good = self._good
+        began = time.monotonic()
         try:
             write_all(self._fd, data, self._ops)
             if self._fsync:
@@ -401,6 +406,8 @@ class JournalWriter:
             self._cut(good)
             raise JournalFailed(f"cannot write the journal {self.path}: {e}") from e
         self._good = good + len(data)
+        if self._on_write is not None:
+            self._on_write(time.monotonic() - began)
         return len(data)
 
     def _cut(self, good: int) -> None:

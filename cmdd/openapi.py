@@ -252,6 +252,16 @@ def description() -> dict[str, Any]:
                 "responses": {"204": {"description": "deleted"}, **_errors(404, 409)},
             },
         },
+        "/api/jobs/{job_id}/output": {
+            "get": {
+                "summary": "both streams live as Server-Sent Events (stdout, stderr), "
+                           "then an end event with the outcome",
+                "parameters": [_ID],
+                "responses": {"200": {"description": "an event stream",
+                                      "content": {"text/event-stream": {}}},
+                              **_errors(400, 404)},
+            }
+        },
         "/api/jobs/{job_id}/output/{stream}": output,
         "/api/statuses": _list_operation("statuses", STATUS, "list statuses"),
         "/api/statuses/{job_id}": {
@@ -287,9 +297,11 @@ def description() -> dict[str, Any]:
                 "requestBody": {"content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"expires_in": {"type": "number", "exclusiveMinimum": 0},
-                                   "description": {"type": "string", "maxLength": 200}}}}}},
+                                   "description": {"type": "string", "maxLength": 200},
+                                   "user": {"type": "string", "description":
+                                            "admins only: whose token it is"}}}}}},
                 "responses": {"201": _json(TOKEN, "the token, shown once"),
-                              **_errors(400, 413, 415, 429)},
+                              **_errors(400, 403, 413, 415, 429)},
             },
             "get": {
                 "summary": "your tokens (never the secrets)",

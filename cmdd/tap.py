@@ -39,11 +39,13 @@ from cmdd.config import (
 )
 from cmdd.history import History, Retention
 from cmdd.jobhost import StartupError, make_executor
+from cmdd.joblog import log_transition
 from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
 from cmdd.manager import JobManager, Limits
+from cmdd.metrics import DaemonMetrics
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
@@ -197,6 +199,22 @@ def _exit_usage(line: str) -> NoReturn:
     raise SystemExit(2)
 
 
+class _ManagerCounts:
+    """The manager's queue as the metrics read it (the manager is made after
+    the metrics, which the journal needs first)."""
+
+    def __init__(self, service: CmddService) -> None:
+        self._service = service
+
+    @property
+    def running_count(self) -> int:
+        return self._service.manager.running_count
+
+    @property
+    def queued_count(self) -> int:
+        return self._service.manager.queued_count
+
+
 class CmddService(MultiService):
     """The daemon: prepares the data directory, runs jobs, serves HTTP.
 
@@ -211,8 +229,14 @@ class CmddService(MultiService):
         self.readiness = Readiness()
         self.io = IOWorker(reactor)
         self.store = JobStore()
+        self.metrics = DaemonMetrics(
+            self.store, _ManagerCounts(self), auth_failures=lambda: self.gate.failures
+        )
         self.journal = JournalWriter(
-            reactor, settings.journal_path, fsync=settings.journal_fsync == "always"
+            reactor,
+            settings.journal_path,
+            fsync=settings.journal_fsync == "always",
+            on_write=self.metrics.fsync_seconds.observe,
         )
         self.history = History(
             self.store,
@@ -246,6 +270,7 @@ class CmddService(MultiService):
             self.accounts,
             RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
             readiness=self.readiness,
+            metrics=self.metrics,
         )
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
         self.gate = AuthGate(
@@ -288,6 +313,8 @@ class CmddService(MultiService):
             # served before the reactor runs, i.e. before history is back.
             self._listen()
             self._restore_history()
+            self.metrics.watch()
+            self.store.add_listener(log_transition)
         except (DataDirLocked, JournalCorrupt, UserError) as e:
             raise SystemExit(str(e)) from None
         log.info("{how}", how=how)
