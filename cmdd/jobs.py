@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from cmdd.spec import JobSpec
@@ -80,6 +81,11 @@ class Job:
     started: float | None = None
     completed: float | None = None
     outcome: Outcome | None = None
+    #: The host that ran the job (from its L{Started} event).
+    host: str | None = None
+    #: How each of the job's callbacks ended, in sequence order (see
+    #: L{cmdd.callbacks}): the ones not in here are still pending.
+    callbacks_done: tuple[CallbackDone, ...] = ()
 
     @property
     def duration(self) -> float | None:
@@ -112,6 +118,8 @@ class Started:
 
     job_id: int
     at: float
+    #: The host that runs it (C{None} in journals written before hosts were kept).
+    host: str | None = None
 
 
 @frozen
@@ -132,7 +140,26 @@ class Deleted:
     by: str | None = None
 
 
-Event = Created | Started | Ended | Deleted
+@frozen
+class CallbackDone:
+    """One of the job's webhook callbacks was delivered or given up.
+
+    Only outcomes are journaled: which callbacks a job owes is derived from
+    its own transitions (see L{cmdd.callbacks}), so a callback is pending
+    from the moment its transition is durable until this event is.
+    """
+
+    job_id: int
+    at: float
+    sequence: int
+    delivered: bool
+    attempts: int
+    #: The last attempt's HTTP status, or why it got none.
+    status_code: int | None = None
+    error: str | None = None
+
+
+Event = Created | Started | Ended | Deleted | CallbackDone
 
 
 class InvalidTransitionError(ValueError):
@@ -165,7 +192,10 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             raise InvalidTransitionError(f"job {job.id} cannot start from {job.state.value}")
         # Built directly, not with attrs.evolve: replay applies millions of
         # these and evolve's introspection was a tenth of replay time.
-        return Job(job.id, job.spec, State.RUNNING, job.created, job.owner, event.at)
+        return Job(
+            job.id, job.spec, State.RUNNING, job.created, job.owner, event.at, None, None,
+            event.host, job.callbacks_done,
+        )  # fmt: skip
     if isinstance(event, Ended):
         if job.state not in _ENDABLE or not event.outcome.state.final:
             raise InvalidTransitionError(
@@ -180,7 +210,13 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             job.started,
             event.at,
             event.outcome,
+            job.host,
+            job.callbacks_done,
         )
+    if isinstance(event, CallbackDone):
+        if event.sequence != len(job.callbacks_done) + 1:
+            raise InvalidTransitionError(f"job {job.id}: callback {event.sequence} out of order")
+        return attrs.evolve(job, callbacks_done=(*job.callbacks_done, event))
     if not job.state.final:
         raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not finished")
     return None

@@ -15,10 +15,11 @@ from typing import Any
 from attrs import frozen
 
 from cmdd.errors import SpecError
+from cmdd.webhookspec import parse_webhooks
 
 #: Fields the design names but this server does not implement yet: rejected
 #: with a clear code instead of being silently ignored.
-UNSUPPORTED_FIELDS = frozenset({"run_at", "webhooks"})
+UNSUPPORTED_FIELDS = frozenset({"run_at"})
 
 KNOWN_FIELDS = frozenset(
     {
@@ -31,6 +32,7 @@ KNOWN_FIELDS = frozenset(
         "timeout",
         "labels",
         "user",
+        "webhooks",
     }
 )
 
@@ -65,6 +67,8 @@ class JobSpec:
     timeout: float | None = None
     labels: Mapping[str, str] = _EMPTY
     user: str | None = None
+    #: Callback type -> URL (see L{cmdd.webhookspec}).
+    webhooks: Mapping[str, str] = _EMPTY
 
     def argv(self) -> tuple[str, ...]:
         """The argument vector to execute: C{/bin/sh -c command} or the list."""
@@ -98,6 +102,8 @@ class JobSpec:
             out["labels"] = dict(self.labels)
         if self.user is not None:
             out["user"] = self.user
+        if self.webhooks:
+            out["webhooks"] = dict(self.webhooks)
         return out
 
 
@@ -269,7 +275,11 @@ def parse_spec(body: object) -> JobSpec:
         user = _text(body["user"], "user", "INVALID_USER", 32)
         if not _UNIX_USER.match(user):
             raise SpecError("INVALID_USER", "user must be a Unix user name", "user")
+    webhooks: Mapping[str, str] = _EMPTY
+    if body.get("webhooks") is not None:
+        webhooks = parse_webhooks(body["webhooks"]) or _EMPTY
     return JobSpec(
+        webhooks=webhooks,
         user=user,
         command=command,
         command_line=command_line,
