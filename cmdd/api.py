@@ -42,6 +42,7 @@ from cmdd.results import stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.web import read_json, respond_json, wants_event_stream
+from cmdd.webhookapi import WebhookRoutes
 
 log = Logger()
 
@@ -113,6 +114,7 @@ class CmddAPI:
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
         readiness: Readiness | None = None,
+        webhooks: WebhookRoutes | None = None,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
@@ -123,6 +125,7 @@ class CmddAPI:
             readiness = Readiness()
             readiness.ready()
         self._readiness = readiness
+        self._webhooks = webhooks or WebhookRoutes(None, None)
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -237,6 +240,19 @@ class CmddAPI:
         await self._manager.delete(job.id, by=principal_of(request).name)
         request.setResponseCode(204)
         return b""
+
+    @app.route("/api/jobs/<job_id>/deliveries", methods=["GET"])
+    def get_deliveries(self, request: IRequest, job_id: str) -> bytes:
+        _query(request, frozenset())
+        return self._webhooks.deliveries(request, self._job(request, job_id))
+
+    @app.route("/api/webhook-secret", methods=["GET"])
+    async def get_webhook_secret(self, request: IRequest) -> bytes:
+        return await self._webhooks.get_secret(request)
+
+    @app.route("/api/webhook-secret", methods=["POST"])
+    async def rotate_webhook_secret(self, request: IRequest) -> bytes:
+        return await self._webhooks.rotate_secret(request)
 
     @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:

@@ -358,4 +358,3 @@ def wants_event_stream(accept: str | None) -> bool:
     return offered.best_match(["application/octet-stream", "text/event-stream"]) == (
         "text/event-stream"
     )
-

@@ -5,8 +5,8 @@ callbacks a job owes and what they say, backoff, destinations, signatures
 from __future__ import annotations
 
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -193,7 +193,9 @@ def test_destination_rules_deny_wins_and_mapped_addresses_count() -> None:
     assert not rules.allows("127.0.0.1") and not rules.allows("169.254.169.254")
     assert not rules.allows("::ffff:127.0.0.1") and not rules.allows("::1")
     assert rules.allows("10.1.2.3") and not rules.allows("not-an-address")
-    only = DestinationRules(allow=parse_networks(["10.0.0.0/8"]), deny=parse_networks(["10.9.0.0/16"]))
+    only = DestinationRules(
+        allow=parse_networks(["10.0.0.0/8"]), deny=parse_networks(["10.9.0.0/16"])
+    )
     assert only.allows("10.1.1.1") and not only.allows("10.9.1.1") and not only.allows("8.8.8.8")
 
 
