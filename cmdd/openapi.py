@@ -156,10 +156,8 @@ TOKEN = {
         "description": {"type": "string"},
         "created": _TIME,
         "expires": _TIME,
-        "parent": {
-            "type": ["string", "null"],
-            "description": "the token this one was made with (null: a password)",
-        },
+        "parent": {"type": ["string", "null"],
+                   "description": "the token this one was made with (null: a password)"},
         "token": {"type": "string"},
     },
 }

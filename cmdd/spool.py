@@ -79,7 +79,9 @@ Written = tuple[int, int, int]
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _append(path: str, data: bytes, written: Written | None, ops: FileOps = REAL_OPS) -> Written:
+def _append(
+    path: str, data: bytes, written: Written | None, ops: FileOps = REAL_OPS
+) -> Written:
     """Append C{data} to the file this spool has C{written}, or create it if None.
 
     Creating first removes whatever has the name (a stale file, a planted

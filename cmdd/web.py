@@ -358,3 +358,4 @@ def wants_event_stream(accept: str | None) -> bool:
     return offered.best_match(["application/octet-stream", "text/event-stream"]) == (
         "text/event-stream"
     )
+
