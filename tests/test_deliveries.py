@@ -25,10 +25,12 @@ class FakeSender:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any], Deferred[tuple[int, str | None]]]] = []
+        self.bodies: list[bytes] = []
 
     def send(self, url: str, data: bytes, headers: dict[Any, Any]) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.requests.append((url, dict(headers), d))
+        self.bodies.append(data)
         return d
 
     def answer(self, index: int, code: int, retry_after: str | None = None) -> None:
