@@ -127,7 +127,8 @@ class Deliverer:
     @param sender: sends requests.
     @param run_blocking: reads output files off the reactor.
     @param output_dir: where output files are.
-    @param instance: the data directory's name in C{webhook-id}s.
+    @param instance: the data directory's name in C{webhook-id}s (C{None}:
+        the secrets file's, see L{WebhookSecrets.instance}).
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class Deliverer:
         sender: Sender,
         run_blocking: Blocking,
         output_dir: str,
-        instance: str,
+        instance: str | None = None,
         limits: DeliveryLimits = DeliveryLimits(),
         uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -149,7 +150,7 @@ class Deliverer:
         self._sender = sender
         self._run_blocking = run_blocking
         self._output_dir = output_dir
-        self.instance = instance
+        self._instance = instance
         self.limits = limits
         self._uniform = uniform
         self._active: dict[int, _Active] = {}
@@ -187,6 +188,11 @@ class Deliverer:
                 active.request.cancel()
         self._active.clear()
         self._queues.clear()
+
+    @property
+    def instance(self) -> str:
+        """The data directory's part of every C{webhook-id}."""
+        return self._instance or self._secrets.instance
 
     @property
     def pending_count(self) -> int:

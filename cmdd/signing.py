@@ -68,19 +68,21 @@ def sign(keys: list[str], msg_id: str, timestamp: int, body: str) -> str:
     return " ".join(Webhook(key).sign(msg_id, moment, body) for key in keys)
 
 
-def _load(path: str) -> dict[str, UserSecret]:
+def _load(path: str) -> tuple[str, dict[str, UserSecret]] | None:
     try:
         with open(path, "rb") as secrets_file:
             data = json.loads(secrets_file.read())
     except FileNotFoundError:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return {str(name): UserSecret(**fields) for name, fields in data.items()}
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("instance"), str):
+        raise ValueError("not a webhook secrets object")
+    users = data.get("users", {})
+    return data["instance"], {str(name): UserSecret(**fields) for name, fields in users.items()}
 
 
-def _dumps(table: dict[str, UserSecret]) -> bytes:
-    return json.dumps({name: attrs.asdict(s) for name, s in table.items()}, indent=1).encode()
+def _dumps(instance: str, table: dict[str, UserSecret]) -> bytes:
+    users = {name: attrs.asdict(s) for name, s in table.items()}
+    return json.dumps({"instance": instance, "users": users}, indent=1).encode()
 
 
 class WebhookSecrets:
@@ -92,16 +94,24 @@ class WebhookSecrets:
         self._run_io = run_io
         self._table: dict[str, UserSecret] = {}
         self._lock = DeferredLock()
+        #: Random, made with the file: C{webhook-id}s of a new data directory
+        #: (job ids starting from 1 again) never repeat an old one's.
+        self.instance = ""
 
     def load(self) -> None:
-        """Read the secrets file (at start-up, before the reactor runs).
+        """Read the secrets file, or make it (at start-up, before the reactor runs).
 
         @raise UserError: the file is damaged.
         """
         try:
-            self._table = _load(self.path)
-        except (TypeError, ValueError) as e:
+            loaded = _load(self.path)
+        except (TypeError, ValueError, AttributeError) as e:
             raise UserError(f"{self.path} is damaged: {e}") from None
+        if loaded is None:
+            self.instance, self._table = secrets.token_hex(8), {}
+            write_private_file(self.path, _dumps(self.instance, self._table))
+        else:
+            self.instance, self._table = loaded
 
     def now(self) -> float:
         """The clock's time."""
@@ -136,7 +146,7 @@ class WebhookSecrets:
             table = {**self._table, owner: made}
             # Saved before use: a signature made with an unsaved secret could
             # never be checked after a restart.
-            await self._run_io(write_private_file, self.path, _dumps(table))
+            await self._run_io(write_private_file, self.path, _dumps(self.instance, table))
             self._table = table
             return made
         finally:

@@ -274,7 +274,7 @@ class CmddService(MultiService):
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.manager.host = socket.gethostname()
         self.webhook_secrets, self.webhook_sender, self.deliverer = make_deliverer(
-            settings, reactor, self.history, self.io.run, deferToThread, instance_of
+            settings, reactor, self.history, self.io.run, deferToThread
         )
         self.api = CmddAPI(
             self.manager,

@@ -34,7 +34,6 @@ def make_deliverer(
     history: History,
     run_io: Blocking,
     run_blocking: Blocking,
-    instance_of: Callable[[str], str],
 ) -> tuple[WebhookSecrets, WebhookSender, Deliverer]:
     """The daemon's webhook secrets, sender and deliverer."""
     secrets = WebhookSecrets(settings.data_dir, reactor, run_io)
@@ -57,7 +56,7 @@ def make_deliverer(
         sender,
         run_blocking,
         settings.output_dir,
-        instance_of(settings.data_dir),
+        None,
         limits,
     )
     return secrets, sender, deliverer

@@ -119,3 +119,21 @@ def test_callbacks_during_a_rotation_verify_with_either_secret(tmp_path: Path) -
     body = sender.bodies[0]
     for secret in (old["secret"], new["secret"]):
         assert Webhook(secret).verify(body, headers)["job_id"] == job["id"]
+
+
+def test_webhook_ids_never_repeat_across_data_directories(tmp_path: Path) -> None:
+    """A data directory made again (job ids from 1) gets a new id prefix, so
+    receivers deduplicating by webhook-id never drop a new callback; a
+    restart on the same directory keeps it."""
+    from twisted.internet.task import Clock
+
+    first, again, fresh = (tmp_path / "a", tmp_path / "a", tmp_path / "b")
+    first.mkdir()
+    fresh.mkdir()
+    prefixes = []
+    for directory in (first, again, fresh):
+        secrets = WebhookSecrets(str(directory), Clock(), lambda fn, *a: fn(*a))
+        secrets.load()
+        prefixes.append(secrets.instance)
+    assert prefixes[0] == prefixes[1] != prefixes[2]
+    assert (first / "webhook-secrets.json").stat().st_mode & 0o777 == 0o600
