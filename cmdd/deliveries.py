@@ -223,8 +223,8 @@ class Deliverer:
         if active is not None:
             if active.call is not None and active.call.active():
                 active.call.cancel()
-        for key in [key for key in self._finished if key[0] == job_id][:KEPT_ATTEMPTS]:
-            del self._finished[key]
+        for sequence in (1, 2):  # a job makes at most begun and one end
+            self._finished.pop((job_id, sequence), None)
 
     # --- dispatch ----------------------------------------------------------
 
@@ -314,6 +314,8 @@ class Deliverer:
                 self._active.pop(callback.job_id, None)
                 return
             data, headers = await self._request(active, job)
+            if not self._running:
+                return
             request = self._sender.send(callback.url, data, headers)
             request.addTimeout(self.limits.timeout, self._clock, onTimeoutCancel=_timed_out)
             active.request = request
