@@ -230,3 +230,18 @@ def test_during_a_rotation_both_secrets_verify() -> None:
     for key in (old, new):
         Webhook(key).verify("{}", {"webhook-id": "msg_1", "webhook-timestamp": str(now),
                                    "webhook-signature": header})  # fmt: skip
+
+
+def test_destination_lists_and_webhook_limits_are_settings() -> None:
+    """CIDR lists from TOML or the command line are checked at start."""
+    from cmdd.config import ConfigError, build_settings
+
+    settings = build_settings(
+        {"webhook_deny": ["127.0.0.0/8", "169.254.169.254"], "webhook_max_age": 60},
+        {"webhook_allow": ["10.0.0.0/8"], "webhook_timeout": "5"},
+    )
+    assert settings.webhook_deny == ("127.0.0.0/8", "169.254.169.254/32")
+    assert settings.webhook_allow == ("10.0.0.0/8",)
+    assert settings.webhook_max_age == 60.0 and settings.webhook_timeout == 5.0
+    with pytest.raises(ConfigError, match="webhook_deny"):
+        build_settings({"webhook_deny": ["not a network"]}, {})
