@@ -101,6 +101,8 @@ class _Active:
     next_retry: float | None = None
     call: IDelayedCall | None = None
     request: Deferred[Any] | None = None
+    #: Until when the receiver asked (Retry-After) not to be called again.
+    not_before: float = 0.0
 
 
 def _destination(url: str) -> str:
@@ -156,6 +158,8 @@ class Deliverer:
         self._active: dict[int, _Active] = {}
         self._queues: dict[str, collections.deque[int]] = {}
         self._busy: collections.Counter[str] = collections.Counter()
+        #: Jobs waiting for a retry, by destination (woken when it answers again).
+        self._waiting: dict[str, set[int]] = {}
         self.in_flight = 0
         self._finished: collections.OrderedDict[tuple[int, int], _Active] = (
             collections.OrderedDict()
@@ -188,6 +192,7 @@ class Deliverer:
                 active.request.cancel()
         self._active.clear()
         self._queues.clear()
+        self._waiting.clear()
 
     @property
     def instance(self) -> str:
@@ -221,6 +226,7 @@ class Deliverer:
         """A deleted job's pending callbacks are dropped with it."""
         active = self._active.pop(job_id, None)
         if active is not None:
+            self._unwait(active)
             if active.call is not None and active.call.active():
                 active.call.cancel()
         for sequence in (1, 2):  # a job makes at most begun and one end
@@ -229,6 +235,7 @@ class Deliverer:
     # --- dispatch ----------------------------------------------------------
 
     def _enqueue(self, active: _Active) -> None:
+        self._unwait(active)
         active.state, active.call, active.next_retry = "ready", None, None
         self._queues.setdefault(active.destination, collections.deque()).append(
             active.callback.job_id
@@ -338,6 +345,7 @@ class Deliverer:
         active.count += 1
         if status is not None and 200 <= status < 300:
             self._finish(active, True, status, None)
+            self._wake(active.destination, now)
         elif refused or self.limits.retry.gives_up(callback.at, now):
             self._finish(active, False, status, error)
         else:
@@ -346,9 +354,31 @@ class Deliverer:
     def _retry_later(self, active: _Active, retry_after: float | None) -> None:
         delay = self.limits.retry.delay(active.count, retry_after, self._uniform)
         self.retried_total += 1
+        now = self._clock.seconds()
         active.state = "waiting"
-        active.next_retry = self._clock.seconds() + delay
+        active.next_retry = now + delay
+        active.not_before = now + retry_after if retry_after is not None else 0.0
         active.call = self._clock.callLater(delay, self._enqueue, active)
+        self._waiting.setdefault(active.destination, set()).add(active.callback.job_id)
+
+    def _unwait(self, active: _Active) -> None:
+        waiting = self._waiting.get(active.destination)
+        if waiting is not None:
+            waiting.discard(active.callback.job_id)
+            if not waiting:
+                del self._waiting[active.destination]
+
+    def _wake(self, destination: str, now: float) -> None:
+        """A destination answered again: its waiting callbacks go now
+        instead of after their (possibly long) backoff, oldest job first,
+        still within the per-destination limit. Not those it asked to wait."""
+        for job_id in sorted(self._waiting.get(destination, ())):
+            active = self._active.get(job_id)
+            if active is None or active.state != "waiting" or active.not_before > now:
+                continue
+            if active.call is not None and active.call.active():
+                active.call.cancel()
+            self._enqueue(active)
 
     def _finish(
         self, active: _Active, delivered: bool, status: int | None, error: str | None

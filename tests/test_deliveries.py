@@ -186,3 +186,30 @@ def test_a_broken_promise_sends_error(tmp_path: Path, state: State) -> None:
     world = World(tmp_path)
     world.job(1, {"error": "http://a.test/error", "ended": "http://a.test/e"}, end=state)
     assert [r[0] for r in world.sender.open()] == ["http://a.test/error"]
+
+
+def test_a_receiver_that_answers_again_gets_its_waiting_callbacks_at_once(
+    tmp_path: Path,
+) -> None:
+    """After an outage, the first success to a destination releases the
+    other jobs waiting on it instead of leaving them to long backoffs; a
+    callback the receiver told to wait (Retry-After) still waits."""
+    world = World(tmp_path)
+
+    def fail_open(retry_after_for: str = "") -> None:
+        for _, headers, request in world.sender.open():
+            told = headers["webhook-id"] == retry_after_for
+            request.callback((429, "600") if told else (503, None))
+
+    world.job(2, {"ended": "http://flaky.test/"})
+    world.job(3, {"ended": "http://flaky.test/"})
+    fail_open()
+    world.clock.advance(1.0)
+    fail_open("msg_inst_3_1")  # both fail again; job 3 is told to wait 600 s
+    world.clock.advance(2.0)  # job 2 tries a third time; next wait 4 s
+    fail_open()
+    world.job(1, {"ended": "http://flaky.test/"})
+    (request,) = world.sender.open()
+    request[2].callback((204, None))  # the receiver is back
+    woken = world.sender.open()
+    assert [r[1]["webhook-id"] for r in woken] == ["msg_inst_2_1"]
