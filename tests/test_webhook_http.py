@@ -116,6 +116,8 @@ class Rig:
         self.deliverer.stop()
         await self.sender.close()
         await self.port.stopListening()
+        # Let both ends of the closed connections go (their timers with them).
+        await deferLater(reactor, 0.05, lambda: None)
 
 
 async def _settle(rig: Rig, job_id: int, count: int) -> None:
