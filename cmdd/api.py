@@ -46,6 +46,7 @@ from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.tokenrequest import TokenRequest, parse_token_request
 from cmdd.web import read_json, respond_json, wants_event_stream
+from cmdd.webhookapi import WebhookRoutes
 
 log = Logger()
 
@@ -118,6 +119,7 @@ class CmddAPI:
         run_as: RunAsPolicy = NO_RUN_AS,
         readiness: Readiness | None = None,
         metrics: DaemonMetrics | None = None,
+        webhooks: WebhookRoutes | None = None,
     ) -> None:
         self._manager = manager
         self._run_blocking = run_blocking
@@ -135,6 +137,7 @@ class CmddAPI:
             metrics = DaemonMetrics(manager.store, manager)
             metrics.watch()
         self._metrics = metrics
+        self._webhooks = webhooks or WebhookRoutes(None, None)
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -277,6 +280,18 @@ class CmddAPI:
             sse=True,
             clock=self._manager.clock,
         )
+    @app.route("/api/jobs/<job_id>/deliveries", methods=["GET"])
+    def get_deliveries(self, request: IRequest, job_id: str) -> bytes:
+        _query(request, frozenset())
+        return self._webhooks.deliveries(request, self._job(request, job_id))
+
+    @app.route("/api/webhook-secret", methods=["GET"])
+    async def get_webhook_secret(self, request: IRequest) -> bytes:
+        return await self._webhooks.get_secret(request)
+
+    @app.route("/api/webhook-secret", methods=["POST"])
+    async def rotate_webhook_secret(self, request: IRequest) -> bytes:
+        return await self._webhooks.rotate_secret(request)
 
     @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:

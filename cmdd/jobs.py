@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from cmdd.spec import JobSpec
@@ -90,6 +91,11 @@ class Job:
     completed: float | None = None
     outcome: Outcome | None = None
     idempotency: Idempotency | None = None
+    #: The host that ran the job (from its L{Started} event).
+    host: str | None = None
+    #: How each of the job's callbacks ended, in sequence order (see
+    #: L{cmdd.callbacks}): the ones not in here are still pending.
+    callbacks_done: tuple[CallbackDone, ...] = ()
 
     @property
     def duration(self) -> float | None:
@@ -123,6 +129,8 @@ class Started:
 
     job_id: int
     at: float
+    #: The host that runs it (C{None} in journals written before hosts were kept).
+    host: str | None = None
 
 
 @frozen
@@ -143,7 +151,26 @@ class Deleted:
     by: str | None = None
 
 
-Event = Created | Started | Ended | Deleted
+@frozen
+class CallbackDone:
+    """One of the job's webhook callbacks was delivered or given up.
+
+    Only outcomes are journaled: which callbacks a job owes is derived from
+    its own transitions (see L{cmdd.callbacks}), so a callback is pending
+    from the moment its transition is durable until this event is.
+    """
+
+    job_id: int
+    at: float
+    sequence: int
+    delivered: bool
+    attempts: int
+    #: The last attempt's HTTP status, or why it got none.
+    status_code: int | None = None
+    error: str | None = None
+
+
+Event = Created | Started | Ended | Deleted | CallbackDone
 
 
 class InvalidTransitionError(ValueError):
@@ -178,9 +205,9 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
         # Built directly, not with attrs.evolve: replay applies millions of
         # these and evolve's introspection was a tenth of replay time.
         return Job(
-            job.id, job.spec, State.RUNNING, job.created, job.owner, event.at,
-            idempotency=job.idempotency,
-        )
+            job.id, job.spec, State.RUNNING, job.created, job.owner, event.at, None, None,
+            job.idempotency, event.host, job.callbacks_done,
+        )  # fmt: skip
     if isinstance(event, Ended):
         if job.state not in _ENDABLE or not event.outcome.state.final:
             raise InvalidTransitionError(
@@ -196,7 +223,13 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             event.at,
             event.outcome,
             job.idempotency,
+            job.host,
+            job.callbacks_done,
         )
+    if isinstance(event, CallbackDone):
+        if event.sequence != len(job.callbacks_done) + 1:
+            raise InvalidTransitionError(f"job {job.id}: callback {event.sequence} out of order")
+        return attrs.evolve(job, callbacks_done=(*job.callbacks_done, event))
     if not job.state.final:
         raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not finished")
     return None

@@ -105,6 +105,8 @@ class JobManager(Service):
         self._grace_call: IDelayedCall | None = None
         self._backing_off = False
         self.submitted_total = 0
+        #: The host jobs run on, recorded with each start (the composition root sets it).
+        self.host: str | None = None
         self.store.add_listener(self._job_changed)
 
     # --- queries -----------------------------------------------------------
@@ -401,7 +403,7 @@ class JobManager(Service):
     def _start(self, job_id: int) -> None:
         run = _Run(job_id)
         self._running[job_id] = run
-        _, durable = self.history.record(Started(job_id, self.clock.seconds()))
+        _, durable = self.history.record(Started(job_id, self.clock.seconds(), self.host))
         durable.addCallbacks(
             lambda _: self._spawn(run), lambda failure: self._start_refused(run, failure)
         ).addErrback(self._end_failed, run)

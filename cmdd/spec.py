@@ -15,10 +15,11 @@ from typing import Any
 from attrs import frozen
 
 from cmdd.errors import SpecError
+from cmdd.webhookspec import parse_webhooks
 
 #: Fields the design names but this server does not implement yet: rejected
 #: with a clear code instead of being silently ignored.
-UNSUPPORTED_FIELDS = frozenset({"run_at", "webhooks"})
+UNSUPPORTED_FIELDS = frozenset({"run_at"})
 
 KNOWN_FIELDS = frozenset(
     {
@@ -33,6 +34,7 @@ KNOWN_FIELDS = frozenset(
         "user",
         "concurrency_key",
         "concurrency_limit",
+        "webhooks",
     }
 )
 
@@ -74,6 +76,8 @@ class JobSpec:
     #: at once (see L{cmdd.slots}).
     concurrency_key: str | None = None
     concurrency_limit: int = 1
+    #: Callback type -> URL (see L{cmdd.webhookspec}).
+    webhooks: Mapping[str, str] = _EMPTY
 
     def argv(self) -> tuple[str, ...]:
         """The argument vector to execute: C{/bin/sh -c command} or the list."""
@@ -110,6 +114,8 @@ class JobSpec:
         if self.concurrency_key is not None:
             out["concurrency_key"] = self.concurrency_key
             out["concurrency_limit"] = self.concurrency_limit
+        if self.webhooks:
+            out["webhooks"] = dict(self.webhooks)
         return out
 
 
@@ -315,9 +321,13 @@ def parse_spec(body: object) -> JobSpec:
         if not _UNIX_USER.match(user):
             raise SpecError("INVALID_USER", "user must be a Unix user name", "user")
     concurrency_key, concurrency_limit = _parse_concurrency(body)
+    webhooks: Mapping[str, str] = _EMPTY
+    if body.get("webhooks") is not None:
+        webhooks = parse_webhooks(body["webhooks"]) or _EMPTY
     return JobSpec(
         concurrency_key=concurrency_key,
         concurrency_limit=concurrency_limit,
+        webhooks=webhooks,
         user=user,
         command=command,
         command_line=command_line,

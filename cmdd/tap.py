@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -52,6 +53,7 @@ from cmdd.store import JobStore
 from cmdd.tls import ReloadableTLS, ensure_self_signed, fingerprint
 from cmdd.users import UserError
 from cmdd.web import make_site
+from cmdd.webhookapi import WebhookRoutes, make_deliverer
 
 log = Logger()
 
@@ -75,6 +77,10 @@ _SETTING_OPTIONS = (
     "client-ca",
     "job-user",
     "job-sandbox",
+    "webhook-timeout",
+    "webhook-max-age",
+    "webhook-max-in-flight",
+    "webhook-per-destination",
 )
 
 
@@ -136,6 +142,20 @@ class Options(usage.Options):
             None,
             "auto: bubblewrap when it works (default); bubblewrap: required; off.",
         ],
+        ["webhook-timeout", None, None, "Seconds a callback attempt may take [default: 15]."],
+        [
+            "webhook-max-age",
+            None,
+            None,
+            "Seconds after its event a failing callback is given up [default: 86400].",
+        ],
+        ["webhook-max-in-flight", None, None, "Callback requests at once [default: 64]."],
+        [
+            "webhook-per-destination",
+            None,
+            None,
+            "Callback requests at once per host and port [default: 4].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -143,6 +163,16 @@ class Options(usage.Options):
         self["listen"] = []
         self["run-as"] = []
         self["job-writable"] = []
+        self["webhook-allow"] = []
+        self["webhook-deny"] = []
+
+    def opt_webhook_allow(self, network: str) -> None:
+        """CIDR network callbacks may connect to (repeatable) [default: any]."""
+        self["webhook-allow"].append(network)
+
+    def opt_webhook_deny(self, network: str) -> None:
+        """CIDR network callbacks may not connect to (repeatable; wins over allow)."""
+        self["webhook-deny"].append(network)
 
     def opt_job_writable(self, path: str) -> None:
         """A path an unprivileged daemon's sandboxed jobs may write (repeatable)."""
@@ -179,6 +209,8 @@ class Options(usage.Options):
             overrides["listen"] = self["listen"] or None
             overrides["run_as"] = self["run-as"] or None
             overrides["job_writable_paths"] = self["job-writable"] or None
+            overrides["webhook_allow"] = self["webhook-allow"] or None
+            overrides["webhook_deny"] = self["webhook-deny"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             overrides["journal_recover"] = True if self["journal-recover"] else None
             overrides["job_private_tmp"] = True if self["job-private-tmp"] else None
@@ -264,6 +296,10 @@ class CmddService(MultiService):
             ),
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
+        self.manager.host = socket.gethostname()
+        self.webhook_secrets, self.webhook_sender, self.deliverer = make_deliverer(
+            settings, reactor, self.history, self.io.run, deferToThread
+        )
         self.api = CmddAPI(
             self.manager,
             deferToThread,
@@ -271,6 +307,7 @@ class CmddService(MultiService):
             RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
             readiness=self.readiness,
             metrics=self.metrics,
+            webhooks=WebhookRoutes(self.deliverer, self.webhook_secrets),
         )
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
         self.gate = AuthGate(
@@ -308,6 +345,7 @@ class CmddService(MultiService):
                 self._reactor, settings, _key_files(settings.listen)
             )
             self.accounts.load()
+            self.webhook_secrets.load()
             # Bind the listeners before any thread or process runs, so that a
             # port in use stops the start with nothing to undo. Nothing is
             # served before the reactor runs, i.e. before history is back.
@@ -326,6 +364,7 @@ class CmddService(MultiService):
         super().startService()
         self.manager.startService()
         self._reactor.callWhenRunning(self._now_running)
+        self._reactor.callWhenRunning(self.deliverer.start)
         log.info(
             "cmdd {version} serving on {listen}; data in {data_dir}",
             version=__version__,
@@ -459,6 +498,10 @@ class CmddService(MultiService):
         if self._users_watch.running:
             self._users_watch.stop()
         await self.manager.stopService()
+        # Callbacks of jobs that ended in the drain went out meanwhile; the
+        # rest are owed in the journal and go out after the next start.
+        self.deliverer.stop()
+        await self.webhook_sender.close()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []
