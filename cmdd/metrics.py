@@ -41,15 +41,35 @@ class Queue(Protocol):
     def queued_count(self) -> int: ...
 
 
+class DeliveryCounts(Protocol):
+    """What the metrics read of the webhook deliverer (plain counters)."""
+
+    delivered_total: int
+    failed_total: int
+    retried_total: int
+    lag_total: float
+    in_flight: int
+
+
+class _NoDeliveries:
+    delivered_total = failed_total = retried_total = in_flight = 0
+    lag_total = 0.0
+
+
 class _Live(Collector):
     """Gauges and counters read at scrape time from the daemon's parts."""
 
     def __init__(
-        self, store: JobStore, queue: Queue, auth_failures: Callable[[], int]
+        self,
+        store: JobStore,
+        queue: Queue,
+        auth_failures: Callable[[], int],
+        deliveries: Callable[[], DeliveryCounts],
     ) -> None:
         self._store = store
         self._queue = queue
         self._auth_failures = auth_failures
+        self._deliveries = deliveries
 
     def describe(self) -> list[Metric]:
         # Nothing to read at registration: the parts may not all exist yet.
@@ -67,7 +87,30 @@ class _Live(Collector):
             "cmdd_auth_failures", "Requests refused for bad or missing credentials."
         )
         failures.add_metric([], self._auth_failures())
-        yield from (running, queued, history, failures)
+        yield from (running, queued, history, failures, *self._webhooks())
+
+    def _webhooks(self) -> Iterator[Metric]:
+        counts = self._deliveries()
+        outcomes = CounterMetricFamily(
+            "cmdd_webhook_deliveries",
+            "Webhook callback attempts by outcome: delivered (2xx), failed (given up "
+            "after the maximum age), retried (an attempt that will be tried again).",
+            labels=["outcome"],
+        )
+        outcomes.add_metric(["delivered"], counts.delivered_total)
+        outcomes.add_metric(["failed"], counts.failed_total)
+        outcomes.add_metric(["retried"], counts.retried_total)
+        lag = CounterMetricFamily(
+            "cmdd_webhook_delivery_lag_seconds",
+            "Seconds from a job's event to its callback's delivery, summed over deliveries "
+            "(divide by the delivered count for the mean).",
+        )
+        lag.add_metric([], counts.lag_total)
+        in_flight = GaugeMetricFamily(
+            "cmdd_webhook_in_flight", "Webhook requests being sent now."
+        )
+        in_flight.add_metric([], counts.in_flight)
+        yield from (outcomes, lag, in_flight)
 
 
 class DaemonMetrics:
@@ -80,6 +123,7 @@ class DaemonMetrics:
         queue: Queue,
         *,
         auth_failures: Callable[[], int] = lambda: 0,
+        deliveries: Callable[[], DeliveryCounts] = _NoDeliveries,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.submitted = Counter(
@@ -109,7 +153,7 @@ class DaemonMetrics:
             "cmdd_journal_fsync_seconds", "Seconds one journal write+fsync (a group commit) took.",
             buckets=FSYNC_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.registry.register(_Live(store, queue, auth_failures))
+        self.registry.register(_Live(store, queue, auth_failures, deliveries))
         #: Fed after history is replayed: replayed events are not news.
         self._store = store
 

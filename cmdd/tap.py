@@ -262,7 +262,10 @@ class CmddService(MultiService):
         self.io = IOWorker(reactor)
         self.store = JobStore()
         self.metrics = DaemonMetrics(
-            self.store, _ManagerCounts(self), auth_failures=lambda: self.gate.failures
+            self.store,
+            _ManagerCounts(self),
+            auth_failures=lambda: self.gate.failures,
+            deliveries=lambda: self.deliverer,
         )
         self.journal = JournalWriter(
             reactor,

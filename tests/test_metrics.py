@@ -17,13 +17,17 @@ from cmdd.store import JobStore
 DESIGN_NAMES = {
     "cmdd_jobs_submitted", "cmdd_jobs_finished", "cmdd_jobs_running", "cmdd_jobs_queued",
     "cmdd_job_queue_seconds", "cmdd_job_duration_seconds", "cmdd_spawn_failures",
-    "cmdd_journal_fsync_seconds", "cmdd_auth_failures",
+    "cmdd_journal_fsync_seconds", "cmdd_auth_failures", "cmdd_webhook_deliveries",
 }  # fmt: skip
 
 
 class Queue:
     running_count = 2
     queued_count = 5
+
+
+class Deliveries:
+    delivered_total, failed_total, retried_total, lag_total, in_flight = 7, 1, 2, 3.5, 1
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -38,7 +42,7 @@ def test_job_events_feed_the_metrics() -> None:
     store = JobStore()
     spec = JobSpec(command="true")
     store.record(Created(1, 100.0, spec))  # replayed before watch(): not counted
-    metrics = DaemonMetrics(store, Queue(), auth_failures=lambda: 3)
+    metrics = DaemonMetrics(store, Queue(), auth_failures=lambda: 3, deliveries=Deliveries)
     metrics.watch()
     store.record(Created(2, 200.0, spec))
     store.record(Started(2, 200.25))
@@ -61,6 +65,9 @@ def test_job_events_feed_the_metrics() -> None:
     assert got[("cmdd_jobs_running", ())] == 2 and got[("cmdd_jobs_queued", ())] == 5
     assert got[("cmdd_auth_failures_total", ())] == 3
     assert got[("cmdd_jobs", (("state", "queued"),))] == 1
+    assert got[("cmdd_webhook_deliveries_total", (("outcome", "delivered"),))] == 7
+    assert got[("cmdd_webhook_deliveries_total", (("outcome", "retried"),))] == 2
+    assert got[("cmdd_webhook_in_flight", ())] == 1
 
 
 def test_labels_are_bounded() -> None:
@@ -73,7 +80,7 @@ def test_labels_are_bounded() -> None:
         store.record(Created(job_id, 1.0, JobSpec(command=f"echo {job_id}"), owner=f"u{job_id}"))
     keys = {k for family in text_string_to_metric_families(metrics.exposition().decode())
             for s in family.samples for k in s.labels}  # fmt: skip
-    assert keys <= {"state", "le"}
+    assert keys <= {"state", "le", "outcome"}
     values = {s.labels.get("state") for family in
               text_string_to_metric_families(metrics.exposition().decode())
               for s in family.samples} - {None}  # fmt: skip
