@@ -43,6 +43,7 @@ from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
+from cmdd.listening import ListeningFile, RecordingEndpoint
 from cmdd.manager import JobManager, Limits
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
@@ -259,6 +260,7 @@ class CmddService(MultiService):
         self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
         self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
+        self._listening = ListeningFile(settings.data_dir)
         self._tls: list[ReloadableTLS] = []
 
     def startService(self) -> None:
@@ -319,12 +321,18 @@ class CmddService(MultiService):
                 fingerprint=print_,
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
+        self._listening.remove()
+        bound = []
         for description in descriptions:
-            listener = StreamServerEndpointService(self._endpoint(description), self.site)
+            kind = split_endpoint(description)[0]
+            endpoint = RecordingEndpoint(self._endpoint(description), kind)
+            listener = StreamServerEndpointService(endpoint, self.site)
             # Fail start-up loudly (port in use, bad key) instead of serving nothing.
             listener._raiseSynchronously = True
             listener.startService()
             self._listeners.append(listener)
+            bound.append(endpoint)
+        self._listening.write(bound)
 
     def _now_running(self) -> None:
         install_stop_signals(self._reactor, self._stop_signal, self._stop_again)
@@ -435,6 +443,7 @@ class CmddService(MultiService):
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []
+        self._listening.remove()
         if self.spawner is not None:
             await self.spawner.stop()
         await super().stopService()
