@@ -92,6 +92,8 @@ class JobManager(Service):
         self._pump_call: IDelayedCall | None = None
         self._stopping = False
         self._grace_call: IDelayedCall | None = None
+        #: Journal ends refused and waiting to be tried again, by job id.
+        self._end_retries: dict[int, tuple[IDelayedCall, tuple[Any, ...]]] = {}
         self._backing_off = False
         self.submitted_total = 0
         self.store.add_listener(self._job_changed)
@@ -349,6 +351,13 @@ class JobManager(Service):
         if self._grace_call is not None and self._grace_call.active():
             self._grace_call.cancel()
         self._grace_call = None
+        # Ends still waiting for the journal get one last try now, not a
+        # timer that would fire after the stop.
+        retries, self._end_retries = self._end_retries, {}
+        for call, args in retries.values():
+            if call.active():
+                call.cancel()
+                self._record_end(*args)
 
     # --- internals ---------------------------------------------------------
 
@@ -458,6 +467,7 @@ class JobManager(Service):
         (running) until the fact is durable. Stopping gives up instead:
         after a restart such a job is C{lost}.
         """
+        self._end_retries.pop(job_id, None)
         job = self.history.current(job_id)
         if job is None or job.state.final:
             return
@@ -490,9 +500,8 @@ class JobManager(Service):
                 why=failure.getErrorMessage(),
                 delay=wait,
             )
-            self.clock.callLater(
-                wait, self._record_end, job_id, at, outcome, min(2 * wait, RETRY_MAX_SECONDS)
-            )
+            args = (job_id, at, outcome, min(2 * wait, RETRY_MAX_SECONDS))
+            self._end_retries[job_id] = (self.clock.callLater(wait, self._record_end, *args), args)
 
         durable.addErrback(refused)
 
