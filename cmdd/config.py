@@ -33,6 +33,12 @@ class Settings:
     max_queued: int = 10_000
     max_output_bytes: int = 16 * MIB
     max_body_bytes: int = MIB
+    #: Request body bytes held in memory across all connections (more: 503).
+    body_budget_bytes: int = 32 * MIB
+    #: Open client connections (the next one: 503 and closed).
+    max_connections: int = 1024
+    #: Seconds from a request's first byte to its last (more: 408).
+    receive_timeout: float = 30.0
     default_timeout: float | None = None
     kill_grace: float = 5.0
     #: Seconds a stop (SIGTERM/SIGINT) lets running jobs finish before ending them.
@@ -78,10 +84,12 @@ _INTS = (
     "max_queued",
     "max_output_bytes",
     "max_body_bytes",
+    "body_budget_bytes",
+    "max_connections",
     "journal_compact_bytes",
     "retain_jobs",
 )
-_FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "retain_days")
+_FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "receive_timeout", "retain_days")
 _BOOLS = ("allow_plaintext", "journal_recover", "job_private_tmp", "job_network", "allow_root_jobs")
 FSYNC_MODES = ("always", "never")
 SANDBOX_MODES = ("auto", "bubblewrap", "off")

@@ -64,6 +64,10 @@ _SETTING_OPTIONS = (
     "max-queued",
     "max-output-bytes",
     "max-body-bytes",
+    "body-budget-bytes",
+    "max-connections",
+    "receive-timeout",
+    "idle-timeout",
     "default-timeout",
     "kill-grace",
     "stop-grace",
@@ -103,6 +107,15 @@ class Options(usage.Options):
         ["max-queued", None, None, "Jobs waiting before POST answers 503 [default: 10000]."],
         ["max-output-bytes", None, None, "Bytes kept per job and stream [default: 16 MiB]."],
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
+        [
+            "body-budget-bytes",
+            None,
+            None,
+            "Request body bytes in memory across connections [default: 32 MiB].",
+        ],
+        ["max-connections", None, None, "Open client connections [default: 1024]."],
+        ["receive-timeout", None, None, "Seconds a request may take to arrive [default: 30]."],
+        ["idle-timeout", None, None, "Seconds an idle connection stays open [default: 60]."],
         ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
         ["kill-grace", None, None, "Seconds between SIGTERM and SIGKILL [default: 5]."],
         [
@@ -256,7 +269,14 @@ class CmddService(MultiService):
             self.accounts.users,
             client_certificates=settings.client_ca is not None,
         )
-        self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
+        self.site = make_site(
+            self.gate,
+            settings.max_body_bytes,
+            settings.idle_timeout,
+            body_budget=settings.body_budget_bytes,
+            max_connections=settings.max_connections,
+            receive_timeout=settings.receive_timeout,
+        )
         self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
         self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []

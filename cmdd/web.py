@@ -24,18 +24,16 @@ from twisted.web.server import Request, Site
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header, parse_options_header
 
-from cmdd.channel import JsonChannel
+from cmdd.channel import RECEIVE_TIMEOUT, JsonChannel
 from cmdd.errors import ClientError
 from cmdd.wirejson import JSON_TYPE, encode_json, reason_phrase
 
 log = Logger()
 
 DEFAULT_MAX_BODY = 1024 * 1024
-#: Request bodies held in memory across all connections (a module constant
-#: until the config file grows a setting for it).
+#: Request bodies held in memory across all connections (C{body_budget_bytes}).
 DEFAULT_BODY_BUDGET = 32 * 1024 * 1024
-#: Open connections; the next one gets a JSON 503 (a module constant until
-#: the config file grows a setting for it).
+#: Open connections; the next one gets a JSON 503 (C{max_connections}).
 DEFAULT_MAX_CONNECTIONS = 1024
 #: JSON numbers must be exact as a double (JavaScript's safe integers).
 MAX_JSON_INTEGER = 2**53
@@ -190,6 +188,7 @@ class JsonSite(Site):
     """A Site whose connections are L{JsonChannel}s, at most C{max_connections}."""
 
     max_connections = DEFAULT_MAX_CONNECTIONS
+    receive_timeout = RECEIVE_TIMEOUT
     connections = 0
 
     @staticmethod
@@ -208,6 +207,7 @@ def make_site(
     *,
     body_budget: int = DEFAULT_BODY_BUDGET,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    receive_timeout: float = RECEIVE_TIMEOUT,
 ) -> Site:
     """A L{JsonSite} that uses L{LimitedRequest} and drops idle connections.
 
@@ -216,9 +216,12 @@ def make_site(
     @param body_budget: bytes of request bodies in memory across connections
         (more: 503 with Retry-After).
     @param max_connections: open connections (more: 503 with Retry-After).
+    @param receive_timeout: seconds from a request's first byte to its last
+        (more: 408).
     """
     site = JsonSite(resource, timeout=idle_timeout)
     site.max_connections = max_connections
+    site.receive_timeout = receive_timeout
 
     class _Request(LimitedRequest):
         pass

@@ -93,6 +93,18 @@ def test_a_request_that_trickles_in_is_cut_at_the_deadline(clock: Clock) -> None
     assert connection.error_code() == "REQUEST_TIMEOUT"
 
 
+def test_the_receive_deadline_is_the_sites_setting(clock: Clock) -> None:
+    """A site made with receive_timeout=5 answers 408 after 5 s, not the default."""
+    connection = Connection(site_with(clock, receive_timeout=5))
+    connection.send(headers_for_body(100))
+    clock.advance(4.9)
+    assert connection.transport.value() == b""
+    clock.advance(0.2)
+    assert connection.error_code() == "REQUEST_TIMEOUT"
+    assert b"within 5 seconds" in connection.answer()[2]
+    connection.close()
+
+
 def test_a_prompt_request_is_not_cut(clock: Clock) -> None:
     """The deadline covers one request's arrival, not the connection: a
     persistent connection may send requests for longer than that."""
