@@ -162,6 +162,12 @@ class JsonChannel(HTTPChannel):
             return
         super().allContentReceived()
 
+    def _send100Continue(self) -> None:
+        # A request refused on its headers (a body over the limit) gets no
+        # "100 Continue" after its answer.
+        if not self._refused:
+            super()._send100Continue()
+
     def _receive_timeout(self) -> float:
         return float(getattr(self.site, "receive_timeout", RECEIVE_TIMEOUT))
 

@@ -84,18 +84,18 @@ class LimitedRequest(Request):
         super().__init__(*args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
         self.content = io.BytesIO()
+        if length is not None and length > self.max_body:
+            self._too_large()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
             return
         assert self.content is not None
         if self.content.tell() + len(data) > self.max_body:
-            self.body_too_large = True
             self.content = io.BytesIO()
             self._release()
+            self._too_large()
             return
         if not self.budget.take(len(data)):
             self._release()
@@ -114,6 +114,21 @@ class LimitedRequest(Request):
             return
         self._held += len(data)
         self.content.write(data)
+
+    def _too_large(self) -> None:
+        """Answer 413 now, before (the rest of) the body is read, and close.
+
+        A declared C{Content-Length} over the limit is refused as soon as the
+        headers are in; a chunked body as soon as it passes the limit.
+        """
+        self.body_too_large = True
+        refuse = getattr(self.channel, "refuse", None)
+        if refuse is not None:
+            refuse(
+                ClientError(
+                    "BODY_TOO_LARGE", f"the request body is over {self.max_body} bytes", status=413
+                )
+            )
 
     def _release(self) -> None:
         self.budget.give_back(self._held)
