@@ -407,13 +407,17 @@ class CmddAPI:
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
         state = self._readiness.state
-        if self._readiness.is_ready and not self._manager.stopping:
+        problem = self._readiness.problem()
+        if self._readiness.is_ready and not self._manager.stopping and problem is None:
             return respond_json(request, {"status": "ready"})
-        if state == READY:
-            state = DRAINING
+        body: dict[str, str] = {"status": state}
+        if state == READY and self._manager.stopping:
+            body = {"status": DRAINING}
+        elif state == READY and problem is not None:
+            body = {"status": "unavailable", "reason": problem}
         return respond_json(
             request,
-            {"status": state},
+            body,
             503,
             {"Retry-After": "5", "Cache-Control": "no-store"},
         )

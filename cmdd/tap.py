@@ -28,6 +28,7 @@ from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
 from cmdd.auth import AuthGate, FailureThrottle, RunAsPolicy, make_portal
+from cmdd.codec import Meta
 from cmdd.config import (
     ConfigError,
     Settings,
@@ -42,7 +43,7 @@ from cmdd.jobhost import StartupError, make_executor
 from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.leftovers import end_leftovers, instance_of
-from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
+from cmdd.lifecycle import JournalCheck, Readiness, fail_start, install_stop_signals
 from cmdd.listening import ListeningFile, RecordingEndpoint
 from cmdd.manager import JobManager, Limits
 from cmdd.spawnerlink import SpawnerLink
@@ -227,6 +228,9 @@ class CmddService(MultiService):
         self.store = JobStore()
         self.journal = JournalWriter(
             reactor, settings.journal_path, fsync=settings.journal_fsync == "always"
+        )
+        self.readiness.checks.append(
+            JournalCheck(self.journal, lambda: Meta(reactor.seconds(), self.store.peek_next_id()))
         )
         self.history = History(
             self.store,

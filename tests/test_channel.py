@@ -188,7 +188,7 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_read(clock: Clock) -
         b"POST /x HTTP/1.1\r\nHost: cmdd.test\r\nContent-Type: application/json\r\n"
         b"Expect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n"
     )
-    status, headers, body = connection.answer()
+    status, headers, _body = connection.answer()
     assert status == 413 and headers["connection"] == "close"
     assert connection.error_code() == "BODY_TOO_LARGE"
     assert b"100 Continue" not in connection.transport.value()
