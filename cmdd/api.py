@@ -38,7 +38,7 @@ from cmdd.representations import (
     status_json,
     token_json,
 )
-from cmdd.results import stream_result
+from cmdd.results import stream_raw, stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.web import read_json, respond_json, wants_event_stream
@@ -268,13 +268,12 @@ class CmddAPI:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"accept-ranges", b"bytes")
         wanted = request.getHeader("range")
-        if wanted is None:
-            data: bytes = await self._run_blocking(read_output, path)
-            request.setHeader(b"content-length", b"%d" % len(data))
-            return data
         size: int = await self._run_blocking(output_size, path)
+        if wanted is None:
+            request.setHeader(b"content-length", b"%d" % size)
+            return await stream_raw(request, path, size, self._run_blocking)
         first, last = parse_range(wanted, size)
-        data = await self._run_blocking(read_output, path, first, last - first + 1)
+        data: bytes = await self._run_blocking(read_output, path, first, last - first + 1)
         request.setResponseCode(206)
         request.setHeader(b"content-range", f"bytes {first}-{last}/{size}".encode("ascii"))
         request.setHeader(b"content-length", b"%d" % len(data))
