@@ -61,6 +61,25 @@ class RecordingEndpoint:
         return listening.addCallback(bound)
 
 
+def hold_accepting(endpoints: list[RecordingEndpoint], until: Deferred[Any]) -> None:
+    """Accept no connection on C{endpoints} until C{until} fires.
+
+    At start-up, jobs the previous daemon left running are recorded C{lost}
+    and shown so once that is durable: until then a client would see them
+    C{running}. Connections wait in the listen queue meanwhile.
+    """
+    ports = [endpoint.port for endpoint in endpoints if endpoint.port is not None]
+    for port in ports:
+        port.stopReading()  # type: ignore[attr-defined]  # a tcp/unix Port (IReadDescriptor)
+
+    def resume(result: object) -> object:
+        for port in ports:
+            port.startReading()  # type: ignore[attr-defined]  # as above
+        return result
+
+    until.addBoth(resume)
+
+
 class ListeningFile:
     """Writes and removes C{<data_dir>/listening.json}."""
 

@@ -272,13 +272,18 @@ class JobManager(Service):
 
         return self._io.run(remove_all)
 
-    def adopt_history(self) -> None:
+    def adopt_history(self) -> Deferred[Any]:
         """After replay: queue the queued jobs again, mark the running ones lost.
 
         A job that was running when the daemon died may or may not have
         finished its work; it is never run again.
+
+        @return: fires once each C{lost} end was written or refused (the
+            store shows a job as lost only once its end is durable, so
+            nothing should be served before: see L{cmdd.listening}).
         """
         now = self.clock.seconds()
+        recorded: list[Deferred[None]] = []
         for job in self.store.oldest_first():
             if job.state is State.QUEUED:
                 self._queue.append(job.id)
@@ -287,7 +292,7 @@ class JobManager(Service):
                     output_size(output_path(self.output_dir, job.id, stream))
                     for stream in ("stdout", "stderr")
                 )
-                self._record_end(
+                recorded.append(self._record_end(
                     job.id,
                     now,
                     Outcome(
@@ -296,7 +301,8 @@ class JobManager(Service):
                         stdout_bytes=stdout_bytes,
                         stderr_bytes=stderr_bytes,
                     ),
-                )
+                ))
+        return DeferredList(recorded, consumeErrors=True)
 
     # --- service -----------------------------------------------------------
 
@@ -460,7 +466,7 @@ class JobManager(Service):
 
     def _record_end(
         self, job_id: int, at: float, outcome: Outcome, delay: float | None = None
-    ) -> None:
+    ) -> Deferred[None]:
         """Journal a job's end; if refused, try again until it is taken.
 
         Its process is gone: the end is a fact, and the job shows as it was
@@ -470,7 +476,7 @@ class JobManager(Service):
         self._end_retries.pop(job_id, None)
         job = self.history.current(job_id)
         if job is None or job.state.final:
-            return
+            return succeed(None)
         wait = RETRY_SECONDS if delay is None else delay
         _, durable = self.history.record(Ended(job_id, at, outcome))
 
@@ -503,7 +509,7 @@ class JobManager(Service):
             args = (job_id, at, outcome, min(2 * wait, RETRY_MAX_SECONDS))
             self._end_retries[job_id] = (self.clock.callLater(wait, self._record_end, *args), args)
 
-        durable.addErrback(refused)
+        return durable.addErrback(refused)
 
     def _time_out(self, run: _Run) -> None:
         run.timeout_call = None

@@ -44,7 +44,7 @@ from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import JournalCheck, Readiness, fail_start, install_stop_signals
-from cmdd.listening import ListeningFile, RecordingEndpoint
+from cmdd.listening import ListeningFile, RecordingEndpoint, hold_accepting
 from cmdd.manager import JobManager, Limits
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
@@ -312,8 +312,8 @@ class CmddService(MultiService):
             # Bind the listeners before any thread or process runs, so that a
             # port in use stops the start with nothing to undo. Nothing is
             # served before the reactor runs, i.e. before history is back.
-            self._listen()
-            self._restore_history()
+            bound = self._listen()
+            hold_accepting(bound, self._restore_history())
         except (DataDirLocked, JournalCorrupt, UserError) as e:
             raise SystemExit(str(e)) from None
         log.info("{how}", how=how)
@@ -332,7 +332,7 @@ class CmddService(MultiService):
             data_dir=settings.data_dir,
         )
 
-    def _listen(self) -> None:
+    def _listen(self) -> list[RecordingEndpoint]:
         descriptions = self.settings.listen
         if needs_generated_certificate(descriptions):
             cert, key, created = ensure_self_signed(self.settings.tls_dir)
@@ -357,6 +357,7 @@ class CmddService(MultiService):
             self._listeners.append(listener)
             bound.append(endpoint)
         self._listening.write(bound)
+        return bound
 
     def _now_running(self) -> None:
         install_stop_signals(self._reactor, self._stop_signal, self._stop_again)
@@ -379,15 +380,16 @@ class CmddService(MultiService):
         log.info("{signal} again: ending the running jobs now", signal=name)
         self.manager.stop_now(f"{name} received twice")
 
-    def _restore_history(self) -> None:
+    def _restore_history(self) -> Deferred[Any]:
         # Synchronous on purpose: this runs before the reactor does, and no
-        # request may be served before every job is back.
+        # request may be served before every job is back (nor before the
+        # jobs that were running are recorded lost: the returned Deferred).
         settings = self.settings
         report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
         self.journal.seq = report.last_seq
         self.journal.open()
         self._end_leftovers()
-        self.manager.adopt_history()
+        adopted = self.manager.adopt_history()
         log.info(
             "journal {path}: {records} records, {jobs} jobs, next id {next_id}",
             path=settings.journal_path,
@@ -398,6 +400,7 @@ class CmddService(MultiService):
         if report.quarantined:
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
+        return adopted
 
     def _end_leftovers(self) -> None:
         # Jobs recorded as running are about to be marked lost; whatever of
