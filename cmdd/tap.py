@@ -108,12 +108,7 @@ class Options(usage.Options):
         ["max-queued", None, None, "Jobs waiting before POST answers 503 [default: 10000]."],
         ["max-output-bytes", None, None, "Bytes kept per job and stream [default: 16 MiB]."],
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
-        [
-            "body-budget-bytes",
-            None,
-            None,
-            "Request body bytes in memory across connections [default: 32 MiB].",
-        ],
+        ["body-budget-bytes", None, None, "Body bytes in memory, all connections [32 MiB]."],
         ["max-connections", None, None, "Open client connections [default: 1024]."],
         ["receive-timeout", None, None, "Seconds a request may take to arrive [default: 30]."],
         ["idle-timeout", None, None, "Seconds an idle connection stays open [default: 60]."],
