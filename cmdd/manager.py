@@ -311,6 +311,12 @@ class JobManager(Service):
         self._stopping = False
         self._schedule_pump()
 
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (SIGHUP); a higher max_running starts queued jobs now."""
+        self.limits = limits
+        if not self._stopping:
+            self._schedule_pump()
+
     @property
     def stopping(self) -> bool:
         """True from the start of a stop (drain) on: no job is accepted or started."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from OpenSSL import SSL
@@ -45,7 +46,8 @@ from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data
 from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import JournalCheck, Readiness, fail_start, install_stop_signals
 from cmdd.listening import ListeningFile, RecordingEndpoint, hold_accepting
-from cmdd.manager import JobManager, Limits
+from cmdd.manager import JobManager
+from cmdd.reloading import apply_site_limits, limits_of, reload_settings
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
@@ -195,6 +197,9 @@ class Options(usage.Options):
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
             raise _BadConfig(str(e)) from None
+        config = self["config"]
+        # SIGHUP builds the settings again the same way (cmdd.reloading).
+        self["reread"] = lambda: build_settings(load_toml(config) if config else {}, overrides)
 
 
 class _BadConfig(usage.UsageError):
@@ -214,9 +219,12 @@ class CmddService(MultiService):
     (TERM, grace, KILL), then the I/O thread.
     """
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self, settings: Settings, reactor: Any, reread: Callable[[], Settings] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
+        self._reread = reread
         self._reactor = reactor
         self.readiness = Readiness()
         self.io = IOWorker(reactor)
@@ -243,14 +251,7 @@ class CmddService(MultiService):
             self.io,
             reactor,
             settings.output_dir,
-            Limits(
-                max_running=settings.max_running,
-                max_queued=settings.max_queued,
-                max_output_bytes=settings.max_output_bytes,
-                default_timeout=settings.default_timeout,
-                kill_grace=settings.kill_grace,
-                stop_grace=settings.stop_grace,
-            ),
+            limits_of(settings),
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.api = CmddAPI(
@@ -268,14 +269,8 @@ class CmddService(MultiService):
             self.accounts.users,
             client_certificates=settings.client_ca is not None,
         )
-        self.site = make_site(
-            self.gate,
-            settings.max_body_bytes,
-            settings.idle_timeout,
-            body_budget=settings.body_budget_bytes,
-            max_connections=settings.max_connections,
-            receive_timeout=settings.receive_timeout,
-        )
+        self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
+        apply_site_limits(self.site, settings)
         self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
         self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
@@ -442,8 +437,10 @@ class CmddService(MultiService):
 
     def reload(self) -> None:
         """Re-read what an operator may change without a restart (SIGHUP)."""
-        log.info("SIGHUP: reloading users and TLS certificates")
+        log.info("SIGHUP: reloading users, TLS certificates and limits")
         self.accounts.reload_users()
+        if self._reread is not None:
+            self.settings = reload_settings(self.settings, self._reread, self._apply_limits)
         for tls in self._tls:
             try:
                 tls.reload()
@@ -453,6 +450,10 @@ class CmddService(MultiService):
                     path=tls.cert_path,
                     why=str(e),
                 )
+
+    def _apply_limits(self, settings: Settings) -> None:
+        self.manager.set_limits(limits_of(settings))
+        apply_site_limits(self.site, settings)
 
     async def _stop(self) -> None:
         # The drain: POSTs get 503 and /readyz 503 while running jobs finish
@@ -504,4 +505,4 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (twistd calls this)."""
     from twisted.internet import reactor
 
-    return CmddService(options["settings"], reactor)
+    return CmddService(options["settings"], reactor, options.get("reread"))

@@ -235,16 +235,31 @@ def make_site(
         (more: 408).
     """
     site = JsonSite(resource, timeout=idle_timeout)
-    site.max_connections = max_connections
-    site.receive_timeout = receive_timeout
 
     class _Request(LimitedRequest):
         pass
 
-    _Request.max_body = max_body
     _Request.budget = BodyBudget(body_budget)
     site.requestFactory = _Request
+    set_site_limits(site, max_body, idle_timeout, body_budget, max_connections, receive_timeout)
     return site
+
+
+def set_site_limits(
+    site: Any,
+    max_body: int,
+    idle_timeout: float,
+    body_budget: int,
+    max_connections: int,
+    receive_timeout: float,
+) -> None:
+    """Set (or change, on SIGHUP) the limits of a site from L{make_site};
+    connections already open keep the idle timeout they started with."""
+    site.timeOut = idle_timeout
+    site.max_connections = max_connections
+    site.receive_timeout = receive_timeout
+    site.requestFactory.max_body = max_body
+    site.requestFactory.budget.limit = body_budget
 
 
 def respond_json(

@@ -8,6 +8,7 @@ is proven in test_tls.)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,5 +71,33 @@ def test_sighup_reloads_a_change_the_poll_cannot_see(tmp_path: Path) -> None:
         )
         assert password_login(daemon, "alice", "alice-password").status == 401
         assert "SIGHUP: reloading users" in daemon.log_text()
+    finally:
+        daemon.stop()
+
+
+def test_sighup_applies_new_limits_from_the_config_file(tmp_path: Path) -> None:
+    """A limit changed in the config file applies after SIGHUP (a body the old
+    max_body_bytes allowed is now 413); a broken file changes nothing."""
+    config = tmp_path / "cmdd.toml"
+    config.write_text("max_body_bytes = 4096\n")
+    daemon = launch(tmp_path, _serving(tmp_path / "data", config=str(config)))
+    body = json.dumps({"command": "true", "environment": {"PAD": "x" * 300}})
+    try:
+        assert daemon.curl("--json", body, daemon.url("/api/jobs")).status == 202
+        config.write_text("max_body_bytes = 200\n")
+        assert daemon.curl("--json", body, daemon.url("/api/jobs")).status == 202
+        daemon.process.send_signal(signal.SIGHUP)
+        refused = wait_until(
+            lambda: (r := daemon.curl("--json", body, daemon.url("/api/jobs"))).status == 413
+            and r,
+            20,
+            "the new max_body_bytes",
+        )
+        assert refused.error_code() == "BODY_TOO_LARGE"
+        config.write_text("max_body_bytes = [\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "keeping the previous settings" in daemon.log_text(), 20, "the log")
+        assert daemon.curl("--json", body, daemon.url("/api/jobs")).status == 413
+        assert daemon.curl(daemon.url("/healthz")).status == 200
     finally:
         daemon.stop()
