@@ -41,7 +41,7 @@ from cmdd.representations import (
     status_json,
     token_json,
 )
-from cmdd.results import stream_result
+from cmdd.results import stream_raw, stream_result
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
 from cmdd.tokenrequest import TokenRequest, parse_token_request
@@ -322,13 +322,12 @@ class CmddAPI:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"accept-ranges", b"bytes")
         wanted = request.getHeader("range")
-        if wanted is None:
-            data: bytes = await self._run_blocking(read_output, path)
-            request.setHeader(b"content-length", b"%d" % len(data))
-            return data
         size: int = await self._run_blocking(output_size, path)
+        if wanted is None:
+            request.setHeader(b"content-length", b"%d" % size)
+            return await stream_raw(request, path, size, self._run_blocking)
         first, last = parse_range(wanted, size)
-        data = await self._run_blocking(read_output, path, first, last - first + 1)
+        data: bytes = await self._run_blocking(read_output, path, first, last - first + 1)
         request.setResponseCode(206)
         request.setHeader(b"content-range", f"bytes {first}-{last}/{size}".encode("ascii"))
         request.setHeader(b"content-length", b"%d" % len(data))
@@ -450,13 +449,17 @@ class CmddAPI:
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
         state = self._readiness.state
-        if self._readiness.is_ready and not self._manager.stopping:
+        problem = self._readiness.problem()
+        if self._readiness.is_ready and not self._manager.stopping and problem is None:
             return respond_json(request, {"status": "ready"})
-        if state == READY:
-            state = DRAINING
+        body: dict[str, str] = {"status": state}
+        if state == READY and self._manager.stopping:
+            body = {"status": DRAINING}
+        elif state == READY and problem is not None:
+            body = {"status": "unavailable", "reason": problem}
         return respond_json(
             request,
-            {"status": state},
+            body,
             503,
             {"Retry-After": "5", "Cache-Control": "no-store"},
         )

@@ -35,6 +35,12 @@ class Settings:
     max_queued: int = 10_000
     max_output_bytes: int = 16 * MIB
     max_body_bytes: int = MIB
+    #: Request body bytes held in memory across all connections (more: 503).
+    body_budget_bytes: int = 32 * MIB
+    #: Open client connections (the next one: 503 and closed).
+    max_connections: int = 1024
+    #: Seconds from a request's first byte to its last (more: 408).
+    receive_timeout: float = 30.0
     default_timeout: float | None = None
     kill_grace: float = 5.0
     #: Seconds a stop (SIGTERM/SIGINT) lets running jobs finish before ending them.
@@ -89,6 +95,8 @@ _INTS = (
     "max_queued",
     "max_output_bytes",
     "max_body_bytes",
+    "body_budget_bytes",
+    "max_connections",
     "journal_compact_bytes",
     "retain_jobs",
     "webhook_max_in_flight",
@@ -98,6 +106,7 @@ _FLOATS = (
     "default_timeout",
     "kill_grace",
     "idle_timeout",
+    "receive_timeout",
     "retain_days",
     "webhook_timeout",
     "webhook_max_age",

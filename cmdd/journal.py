@@ -313,6 +313,8 @@ class JournalWriter:
         #: Why every append is refused until restart, once the journal
         #: could not be put back into a known state.
         self.broken: str | None = None
+        #: Why the last write was refused, until a later one succeeds.
+        self.failing: str | None = None
         self.size = 0
         self.batches = 0
         self.refused = 0
@@ -356,6 +358,11 @@ class JournalWriter:
         self._queue.append(_Compaction(jobs, self.seq, at, next_id, waiter))
         self._kick()
         return waiter
+
+    @property
+    def refusing(self) -> str | None:
+        """Why appends are refused now (a broken journal, or the last write failed)."""
+        return self.broken or self.failing
 
     def _kick(self) -> None:
         if self._busy:
@@ -475,11 +482,13 @@ class JournalWriter:
         self._busy = False
         self.batches += 1
         self.size += written
+        self.failing = None
         for entry in batch:
             entry.waiter.callback(None)
         self._kick()
 
     def _batch_failed(self, failure: Failure, batch: list[_Append]) -> None:
+        self.failing = failure.getErrorMessage()
         log.error(
             "journal: refused {count} record(s): {why}",
             count=len(batch),

@@ -396,10 +396,11 @@ def description() -> dict[str, Any]:
         },
         "/readyz": {
             "get": {"summary": "readiness (no token needed): 503 with Retry-After while "
-                               "starting or draining",
+                               "starting, draining or while the journal refuses appends",
                     "security": [],
                     "responses": {"200": _json({"type": "object"}, "ready"),
-                                  "503": _json({"type": "object"}, "starting or draining")}}
+                                  "503": _json({"type": "object"},
+                                               "starting, draining or unavailable (reason)")}}
         },
         "/metrics": {
             "get": {"summary": "Prometheus metrics (roles admin and metrics only)",

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from OpenSSL import SSL
@@ -29,6 +30,7 @@ from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
 from cmdd.auth import AuthGate, FailureThrottle, RunAsPolicy, make_portal
+from cmdd.codec import Meta
 from cmdd.config import (
     ConfigError,
     Settings,
@@ -44,9 +46,11 @@ from cmdd.joblog import log_transition
 from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.leftovers import end_leftovers, instance_of
-from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
-from cmdd.manager import JobManager, Limits
+from cmdd.lifecycle import JournalCheck, Readiness, fail_start, install_stop_signals
+from cmdd.listening import ListeningFile, RecordingEndpoint, hold_accepting
+from cmdd.manager import JobManager
 from cmdd.metrics import DaemonMetrics
+from cmdd.reloading import apply_site_limits, limits_of, reload_settings
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
@@ -67,6 +71,10 @@ _SETTING_OPTIONS = (
     "max-queued",
     "max-output-bytes",
     "max-body-bytes",
+    "body-budget-bytes",
+    "max-connections",
+    "receive-timeout",
+    "idle-timeout",
     "default-timeout",
     "kill-grace",
     "stop-grace",
@@ -110,6 +118,10 @@ class Options(usage.Options):
         ["max-queued", None, None, "Jobs waiting before POST answers 503 [default: 10000]."],
         ["max-output-bytes", None, None, "Bytes kept per job and stream [default: 16 MiB]."],
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
+        ["body-budget-bytes", None, None, "Body bytes in memory, all connections [32 MiB]."],
+        ["max-connections", None, None, "Open client connections [default: 1024]."],
+        ["receive-timeout", None, None, "Seconds a request may take to arrive [default: 30]."],
+        ["idle-timeout", None, None, "Seconds an idle connection stays open [default: 60]."],
         ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
         ["kill-grace", None, None, "Seconds between SIGTERM and SIGKILL [default: 5]."],
         [
@@ -219,6 +231,9 @@ class Options(usage.Options):
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
             raise _BadConfig(str(e)) from None
+        config = self["config"]
+        # SIGHUP builds the settings again the same way (cmdd.reloading).
+        self["reread"] = lambda: build_settings(load_toml(config) if config else {}, overrides)
 
 
 class _BadConfig(usage.UsageError):
@@ -254,9 +269,12 @@ class CmddService(MultiService):
     (TERM, grace, KILL), then the I/O thread.
     """
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self, settings: Settings, reactor: Any, reread: Callable[[], Settings] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
+        self._reread = reread
         self._reactor = reactor
         self.readiness = Readiness()
         self.io = IOWorker(reactor)
@@ -272,6 +290,9 @@ class CmddService(MultiService):
             settings.journal_path,
             fsync=settings.journal_fsync == "always",
             on_write=self.metrics.fsync_seconds.observe,
+        )
+        self.readiness.checks.append(
+            JournalCheck(self.journal, lambda: Meta(reactor.seconds(), self.store.peek_next_id()))
         )
         self.history = History(
             self.store,
@@ -289,14 +310,7 @@ class CmddService(MultiService):
             self.io,
             reactor,
             settings.output_dir,
-            Limits(
-                max_running=settings.max_running,
-                max_queued=settings.max_queued,
-                max_output_bytes=settings.max_output_bytes,
-                default_timeout=settings.default_timeout,
-                kill_grace=settings.kill_grace,
-                stop_grace=settings.stop_grace,
-            ),
+            limits_of(settings),
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
         self.manager.host = socket.gethostname()
@@ -321,9 +335,11 @@ class CmddService(MultiService):
             client_certificates=settings.client_ca is not None,
         )
         self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
+        apply_site_limits(self.site, settings)
         self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
         self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
+        self._listening = ListeningFile(settings.data_dir)
         self._tls: list[ReloadableTLS] = []
 
     def startService(self) -> None:
@@ -352,10 +368,12 @@ class CmddService(MultiService):
             # Bind the listeners before any thread or process runs, so that a
             # port in use stops the start with nothing to undo. Nothing is
             # served before the reactor runs, i.e. before history is back.
-            self._listen()
-            self._restore_history()
+            bound = self._listen()
+            adopted = self._restore_history()
+            # Counted and logged from now on: replayed events are not news.
             self.metrics.watch()
             self.store.add_listener(log_transition)
+            hold_accepting(bound, adopted)
         except (DataDirLocked, JournalCorrupt, UserError) as e:
             raise SystemExit(str(e)) from None
         log.info("{how}", how=how)
@@ -375,7 +393,7 @@ class CmddService(MultiService):
             data_dir=settings.data_dir,
         )
 
-    def _listen(self) -> None:
+    def _listen(self) -> list[RecordingEndpoint]:
         descriptions = self.settings.listen
         if needs_generated_certificate(descriptions):
             cert, key, created = ensure_self_signed(self.settings.tls_dir)
@@ -388,12 +406,19 @@ class CmddService(MultiService):
                 fingerprint=print_,
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
+        self._listening.remove()
+        bound = []
         for description in descriptions:
-            listener = StreamServerEndpointService(self._endpoint(description), self.site)
+            kind = split_endpoint(description)[0]
+            endpoint = RecordingEndpoint(self._endpoint(description), kind)
+            listener = StreamServerEndpointService(endpoint, self.site)
             # Fail start-up loudly (port in use, bad key) instead of serving nothing.
             listener._raiseSynchronously = True
             listener.startService()
             self._listeners.append(listener)
+            bound.append(endpoint)
+        self._listening.write(bound)
+        return bound
 
     def _now_running(self) -> None:
         install_stop_signals(self._reactor, self._stop_signal, self._stop_again)
@@ -416,15 +441,16 @@ class CmddService(MultiService):
         log.info("{signal} again: ending the running jobs now", signal=name)
         self.manager.stop_now(f"{name} received twice")
 
-    def _restore_history(self) -> None:
+    def _restore_history(self) -> Deferred[Any]:
         # Synchronous on purpose: this runs before the reactor does, and no
-        # request may be served before every job is back.
+        # request may be served before every job is back (nor before the
+        # jobs that were running are recorded lost: the returned Deferred).
         settings = self.settings
         report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
         self.journal.seq = report.last_seq
         self.journal.open()
         self._end_leftovers()
-        self.manager.adopt_history()
+        adopted = self.manager.adopt_history()
         log.info(
             "journal {path}: {records} records, {jobs} jobs, next id {next_id}",
             path=settings.journal_path,
@@ -435,6 +461,7 @@ class CmddService(MultiService):
         if report.quarantined:
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
+        return adopted
 
     def _end_leftovers(self) -> None:
         # Jobs recorded as running are about to be marked lost; whatever of
@@ -481,8 +508,10 @@ class CmddService(MultiService):
 
     def reload(self) -> None:
         """Re-read what an operator may change without a restart (SIGHUP)."""
-        log.info("SIGHUP: reloading users and TLS certificates")
+        log.info("SIGHUP: reloading users, TLS certificates and limits")
         self.accounts.reload_users()
+        if self._reread is not None:
+            self.settings = reload_settings(self.settings, self._reread, self._apply_limits)
         for tls in self._tls:
             try:
                 tls.reload()
@@ -492,6 +521,10 @@ class CmddService(MultiService):
                     path=tls.cert_path,
                     why=str(e),
                 )
+
+    def _apply_limits(self, settings: Settings) -> None:
+        self.manager.set_limits(limits_of(settings))
+        apply_site_limits(self.site, settings)
 
     async def _stop(self) -> None:
         # The drain: POSTs get 503 and /readyz 503 while running jobs finish
@@ -508,6 +541,7 @@ class CmddService(MultiService):
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []
+        self._listening.remove()
         if self.spawner is not None:
             await self.spawner.stop()
         await super().stopService()
@@ -546,4 +580,4 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (twistd calls this)."""
     from twisted.internet import reactor
 
-    return CmddService(options["settings"], reactor)
+    return CmddService(options["settings"], reactor, options.get("reread"))
