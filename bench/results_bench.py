@@ -10,6 +10,7 @@ long the reactor was blocked), the wall time and the body size.
 
     .venv/bin/python bench/results_bench.py                 # 16 MiB, C=1 and C=8
     .venv/bin/python bench/results_bench.py --quick         # 4 MiB, C=1 and 2
+    .venv/bin/python bench/results_bench.py --raw           # GET .../output/stdout instead
 
 Run it with another checkout's venv (e.g. ``/work/main/.venv/bin/python
 bench/results_bench.py``) to measure that checkout's code.
@@ -88,7 +89,9 @@ class Prober(threading.Thread):
             time.sleep(0.02)
 
 
-def measure(pid: int, port: int, token: str, job_id: int, concurrency: int) -> dict[str, Any]:
+def measure(
+    pid: int, port: int, token: str, path: str, concurrency: int
+) -> dict[str, Any]:
     with open(f"/proc/{pid}/clear_refs", "w") as refs:
         refs.write("5")  # VmHWM := VmRSS
     time.sleep(0.2)
@@ -100,7 +103,7 @@ def measure(pid: int, port: int, token: str, job_id: int, concurrency: int) -> d
     began = time.monotonic()
     clients = [
         threading.Thread(
-            target=fetch_discarding, args=(port, token, f"/api/results/{job_id}", sizes)
+            target=fetch_discarding, args=(port, token, path, sizes)
         )
         for _ in range(concurrency)
     ]
@@ -129,6 +132,9 @@ def main() -> None:
     parser = arg_parser(__doc__ or "", "4 MiB outputs, concurrency 1 and 2")
     parser.add_argument("--mib", type=int, default=16, help="output size in MiB (default 16)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent GETs (default 8)")
+    parser.add_argument(
+        "--raw", action="store_true", help="read the raw stdout bytes, not the JSON result"
+    )
     args = parser.parse_args()
     mib = 4 if args.quick else args.mib
     concurrency = 2 if args.quick else args.concurrency
@@ -157,7 +163,9 @@ def main() -> None:
                 time.sleep(0.1)
         for kind, job_id in ids.items():
             for c in sorted({1, concurrency}):
-                row = {"kind": kind, "output_mib": mib, **measure(proc.pid, port, token, job_id, c)}
+                path = f"/api/jobs/{job_id}/output/stdout" if args.raw else f"/api/results/{job_id}"
+                row = {"kind": kind, "route": path.split("/")[2], "output_mib": mib,
+                       **measure(proc.pid, port, token, path, c)}
                 rows.append(row)
                 print(
                     f"{kind:5} {mib:3d} MiB  C={c:<2d} body {row['body_mib']:7.1f} MiB  "
@@ -171,7 +179,8 @@ def main() -> None:
         log.close()
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = RESULTS / f"results-{stamp}{'-quick' if args.quick else ''}.json"
+    suffix = ("-raw" if args.raw else "") + ("-quick" if args.quick else "")
+    out = RESULTS / f"results-{stamp}{suffix}.json"
     import cmdd  # which checkout's code the daemon ran (the venv's editable install)
 
     meta = {**git_meta(), "cmdd_package": str(Path(cmdd.__file__).parent)}

@@ -26,9 +26,11 @@ from cmdd.errors import ClientError, not_found
 from cmdd.follow import follow, parse_range
 from cmdd.idempotency import KeyIndex, fingerprint, parse_key_header
 from cmdd.jobpatch import parse_patch, patched_spec
-from cmdd.jobs import Idempotency, Job, State
+from cmdd.jobs import Idempotency, Job
 from cmdd.lifecycle import DRAINING, READY, Readiness
 from cmdd.manager import JobManager
+from cmdd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cmdd.metrics import DaemonMetrics
 from cmdd.openapi import description
 from cmdd.query import parse_number, parse_query, run_query, trim
 from cmdd.representations import (
@@ -40,12 +42,14 @@ from cmdd.representations import (
     status_json,
     token_json,
 )
-from cmdd.results import stream_result
+from cmdd.results import stream_raw, stream_result
 from cmdd.scheduleroutes import ScheduleRoutes
 from cmdd.schedules import ScheduleService
 from cmdd.spec import parse_spec
 from cmdd.spool import STREAMS, output_path, output_size, read_output
+from cmdd.tokenrequest import TokenRequest, parse_token_request
 from cmdd.web import read_json, respond_json, wants_event_stream
+from cmdd.webhookapi import WebhookRoutes
 
 log = Logger()
 
@@ -117,6 +121,8 @@ class CmddAPI:
         accounts: Accounts,
         run_as: RunAsPolicy = NO_RUN_AS,
         readiness: Readiness | None = None,
+        metrics: DaemonMetrics | None = None,
+        webhooks: WebhookRoutes | None = None,
         schedules: ScheduleService | None = None,
     ) -> None:
         self._manager = manager
@@ -134,6 +140,11 @@ class CmddAPI:
         #: Idempotency-Key → job; fed by the store, so replay rebuilds it.
         self.idempotency_keys = KeyIndex()
         manager.store.add_listener(self.idempotency_keys.job_changed)
+        if metrics is None:
+            metrics = DaemonMetrics(manager.store, manager)
+            metrics.watch()
+        self._metrics = metrics
+        self._webhooks = webhooks or WebhookRoutes(None, None)
 
     def _job(self, request: IRequest, job_id: str) -> Job:
         """The job, if the caller may see it; otherwise the same 404 as an unknown id
@@ -258,6 +269,36 @@ class CmddAPI:
         request.setResponseCode(204)
         return b""
 
+    @app.route("/api/jobs/<job_id>/output", methods=["GET"])
+    async def follow_output(self, request: IRequest, job_id: str) -> bytes:
+        """Both streams and the end, as Server-Sent Events on one connection."""
+        _query(request, frozenset())
+        job = self._job(request, job_id)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        return await follow(
+            request,
+            [(name, output_path(self._manager.output_dir, job.id, name)) for name in STREAMS],
+            job.id,
+            current=self._manager.store.get,
+            changed=self._manager.output_changed,
+            run_blocking=self._run_blocking,
+            sse=True,
+            clock=self._manager.clock,
+        )
+    @app.route("/api/jobs/<job_id>/deliveries", methods=["GET"])
+    def get_deliveries(self, request: IRequest, job_id: str) -> bytes:
+        _query(request, frozenset())
+        return self._webhooks.deliveries(request, self._job(request, job_id))
+
+    @app.route("/api/webhook-secret", methods=["GET"])
+    async def get_webhook_secret(self, request: IRequest) -> bytes:
+        return await self._webhooks.get_secret(request)
+
+    @app.route("/api/webhook-secret", methods=["POST"])
+    async def rotate_webhook_secret(self, request: IRequest) -> bytes:
+        return await self._webhooks.rotate_secret(request)
+
     @app.route("/api/jobs/<job_id>/output/<stream>", methods=["GET"])
     async def get_output(self, request: IRequest, job_id: str, stream: str) -> bytes:
         params = _query(request, frozenset({"follow"}))
@@ -276,9 +317,8 @@ class CmddAPI:
                 request.setHeader(b"content-type", b"application/octet-stream")
             return await follow(
                 request,
-                path,
+                [(stream, path)],
                 job.id,
-                stream,
                 current=self._manager.store.get,
                 changed=self._manager.output_changed,
                 run_blocking=self._run_blocking,
@@ -288,13 +328,12 @@ class CmddAPI:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"accept-ranges", b"bytes")
         wanted = request.getHeader("range")
-        if wanted is None:
-            data: bytes = await self._run_blocking(read_output, path)
-            request.setHeader(b"content-length", b"%d" % len(data))
-            return data
         size: int = await self._run_blocking(output_size, path)
+        if wanted is None:
+            request.setHeader(b"content-length", b"%d" % size)
+            return await stream_raw(request, path, size, self._run_blocking)
         first, last = parse_range(wanted, size)
-        data = await self._run_blocking(read_output, path, first, last - first + 1)
+        data: bytes = await self._run_blocking(read_output, path, first, last - first + 1)
         request.setResponseCode(206)
         request.setHeader(b"content-range", f"bytes {first}-{last}/{size}".encode("ascii"))
         request.setHeader(b"content-length", b"%d" % len(data))
@@ -376,37 +415,26 @@ class CmddAPI:
     @app.route("/api/tokens", methods=["POST"])
     async def create_token(self, request: IRequest) -> bytes:
         principal = principal_of(request)
-        expires_in, description = None, ""
+        wanted = TokenRequest()
         if request.getHeader("content-type") or _has_body(request):
-            body = read_json(request)
-            if not isinstance(body, dict) or set(body) - {"expires_in", "description"}:
+            wanted = parse_token_request(read_json(request))
+        owner, parent = principal.name, principal.token_id
+        if wanted.user is not None and wanted.user != principal.name:
+            # An admin's token for someone else (a Prometheus scraper, a CI
+            # runner) belongs to them alone: not bound to the admin's token.
+            if not principal.is_admin:
                 raise ClientError(
-                    "INVALID_TOKEN_REQUEST",
-                    'the body may hold only "expires_in" (seconds) and "description"',
+                    "FORBIDDEN", "only an admin creates tokens for other users", status=403
                 )
-            expires_in = body.get("expires_in")
-            if expires_in is not None and (
-                isinstance(expires_in, bool) or not isinstance(expires_in, int | float)
-            ):
+            if wanted.user not in self._accounts.users():
                 raise ClientError(
-                    "INVALID_EXPIRES_IN",
-                    "expires_in must be a number of seconds",
-                    field="expires_in",
+                    "UNKNOWN_USER", f"no user {wanted.user!r}", field="user", status=400
                 )
-            description = body.get("description") or ""
-            if not isinstance(description, str) or len(description) > 200:
-                raise ClientError(
-                    "INVALID_DESCRIPTION",
-                    "description must be a string of at most 200 characters",
-                    field="description",
-                )
-        # A token made with a token is its child: it never outlives the
-        # parent's expiry and is revoked with it.
+            owner, parent = wanted.user, None
+        # Otherwise a token made with a token is its child: it never outlives
+        # the parent's expiry and is revoked with it.
         token, secret = await self._accounts.issue_token(
-            principal.name,
-            None if expires_in is None else float(expires_in),
-            description,
-            parent=principal.token_id,
+            owner, wanted.expires_in, wanted.description, parent=parent
         )
         body = {**token_json(token), "token": secret}
         headers = {"Location": f"/api/tokens/{token.id}", "Cache-Control": "no-store"}
@@ -449,13 +477,17 @@ class CmddAPI:
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
         state = self._readiness.state
-        if self._readiness.is_ready and not self._manager.stopping:
+        problem = self._readiness.problem()
+        if self._readiness.is_ready and not self._manager.stopping and problem is None:
             return respond_json(request, {"status": "ready"})
-        if state == READY:
-            state = DRAINING
+        body: dict[str, str] = {"status": state}
+        if state == READY and self._manager.stopping:
+            body = {"status": DRAINING}
+        elif state == READY and problem is not None:
+            body = {"status": "unavailable", "reason": problem}
         return respond_json(
             request,
-            {"status": state},
+            body,
             503,
             {"Retry-After": "5", "Cache-Control": "no-store"},
         )
@@ -468,18 +500,8 @@ class CmddAPI:
             raise ClientError(
                 "FORBIDDEN", "only admins and the metrics role may read /metrics", status=403
             )
-        manager = self._manager
-        lines = [
-            "# HELP cmdd_jobs_submitted_total Jobs accepted since start.",
-            "# TYPE cmdd_jobs_submitted_total counter",
-            f"cmdd_jobs_submitted_total {manager.submitted_total}",
-            "# HELP cmdd_jobs Jobs in history by state.",
-            "# TYPE cmdd_jobs gauge",
-        ]
-        for state in State:
-            lines.append(f'cmdd_jobs{{state="{state.value}"}} {manager.store.counts[state]}')
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
+        return self._metrics.exposition()
 
     # --- shared ----------------------------------------------------------
 

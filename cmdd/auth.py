@@ -283,6 +283,9 @@ class AuthGate(Resource):
         self._throttle = throttle
         self._users = users
         self._client_certificates = client_certificates
+        #: Requests refused for bad or missing credentials (401) or while
+        #: throttled (429), since start; exposed as cmdd_auth_failures_total.
+        self.failures = 0
 
     def render(self, request: IRequest) -> Any:
         if request.path in PUBLIC_PATHS:
@@ -357,6 +360,8 @@ class AuthGate(Resource):
 
     def _refuse(self, failure: Any, request: IRequest) -> None:
         error = failure.value
+        if isinstance(error, ClientError) and error.status in (401, 429):
+            self.failures += 1
         if not isinstance(error, ClientError):
             log.failure("authentication failed unexpectedly", failure)
             error = ClientError("INTERNAL_ERROR", "the server failed; see its log", status=500)

@@ -9,9 +9,10 @@ case Twisted adds is still JSON.
 
 It also bounds what a connection can cost before a request is admitted:
 
- - a request (line, headers and body) must arrive within L{RECEIVE_TIMEOUT}
-   seconds, however slowly it trickles in (Twisted's idle timeout restarts on
-   every byte, so a slow upload could hold memory forever): C{408};
+ - a request (line, headers and body) must arrive within the site's
+   C{receive_timeout} seconds (L{RECEIVE_TIMEOUT} by default), however
+   slowly it trickles in (Twisted's idle timeout restarts on every byte, so
+   a slow upload could hold memory forever): C{408};
  - request bodies in memory across all connections are capped at the site's
    C{body_budget} (each request is already capped at C{max_body}): beyond it
    a request gets C{503} with C{Retry-After} instead of more memory;
@@ -36,7 +37,8 @@ from twisted.web.http import HTTPChannel, datetimeToString
 from cmdd.errors import ClientError
 from cmdd.wirejson import JSON_TYPE, encode_json, reason_phrase
 
-#: Seconds from a request's first byte to its last (line, headers, body).
+#: Seconds from a request's first byte to its last (line, headers, body), by
+#: default (the C{receive_timeout} setting).
 RECEIVE_TIMEOUT = 30.0
 #: Seconds a refused connection may keep sending before it is closed.
 LINGER_SECONDS = 2.0
@@ -149,7 +151,7 @@ class JsonChannel(HTTPChannel):
         if self._refused:
             return  # lingering: the answer is out, the rest is discarded
         if data and self._receive_timer is None and not self._handlingRequest:
-            self._receive_timer = self.callLater(RECEIVE_TIMEOUT, self._receive_timed_out)
+            self._receive_timer = self.callLater(self._receive_timeout(), self._receive_timed_out)
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
@@ -160,12 +162,21 @@ class JsonChannel(HTTPChannel):
             return
         super().allContentReceived()
 
+    def _send100Continue(self) -> None:
+        # A request refused on its headers (a body over the limit) gets no
+        # "100 Continue" after its answer.
+        if not self._refused:
+            super()._send100Continue()
+
+    def _receive_timeout(self) -> float:
+        return float(getattr(self.site, "receive_timeout", RECEIVE_TIMEOUT))
+
     def _receive_timed_out(self) -> None:
         self._receive_timer = None
         self.refuse(
             ClientError(
                 "REQUEST_TIMEOUT",
-                f"the request did not arrive within {RECEIVE_TIMEOUT:.0f} seconds",
+                f"the request did not arrive within {self._receive_timeout():g} seconds",
                 status=408,
             )
         )

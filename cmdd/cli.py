@@ -1,4 +1,5 @@
-"""The C{cmdd} console command: tools for operators (more grow here)."""
+"""The C{cmdd} console command: the client (run, jobs, logs, …; see
+L{cmdd.clientcli}) and tools for operators (users, the journal)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import attrs
 
 from cmdd import __version__
+from cmdd.clientcli import CLIENT_COMMANDS, add_client_commands
+from cmdd.clientcli import main as client_main
 from cmdd.journal import DataDirLocked, JournalCorrupt
 from cmdd.offline import compact, verify
 from cmdd.users import (
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cmdd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_client_commands(commands)
     journal = commands.add_parser("journal", help="check or compact the job journal")
     actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, text in (
@@ -153,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return _user(args)
     if args.command == "journal":
         return _verify(args.data_dir) if args.action == "verify" else _compact(args.data_dir)
-    parser.print_help()
-    return 0
+    if args.command in CLIENT_COMMANDS:
+        return client_main(args)
+    parser.print_usage(sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

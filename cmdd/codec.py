@@ -17,6 +17,7 @@ from typing import Any
 from attrs import frozen
 
 from cmdd.jobs import (
+    CallbackDone,
     Created,
     Deleted,
     Ended,
@@ -141,7 +142,19 @@ def _event_fields(event: Event) -> dict[str, Any]:
     if isinstance(event, Modified):
         return {"type": "modified", "job": event.job_id, "spec": _spec_fields(event.spec)}
     if isinstance(event, Started):
-        return {"type": "started", "job": event.job_id}
+        if event.host is None:
+            return {"type": "started", "job": event.job_id}
+        return {"type": "started", "job": event.job_id, "host": event.host}
+    if isinstance(event, CallbackDone):
+        return {
+            "type": "callback",
+            "job": event.job_id,
+            "sequence": event.sequence,
+            "delivered": event.delivered,
+            "attempts": event.attempts,
+            "status_code": event.status_code,
+            "error": event.error,
+        }
     if isinstance(event, Ended):
         outcome = event.outcome
         fields: dict[str, Any] = {
@@ -171,9 +184,10 @@ def job_events(job: Job) -> list[Event]:
     if job.released is not None:
         events.append(Released(job.id, job.released))
     if job.started is not None:
-        events.append(Started(job.id, job.started))
+        events.append(Started(job.id, job.started, job.host))
     if job.outcome is not None and job.completed is not None:
         events.append(Ended(job.id, job.completed, job.outcome))
+    events.extend(job.callbacks_done)
     return events
 
 
@@ -265,7 +279,7 @@ def _spec(fields: Any) -> JobSpec:
         concurrency_limit=limit,
         **{
             name: _strings(fields[name])
-            for name in ("environment", "labels")
+            for name in ("environment", "labels", "webhooks")
             if fields.get(name)
         },
     )
@@ -309,7 +323,18 @@ def _record(fields: dict[str, Any]) -> Record:
     elif kind == "modified":
         item = Modified(job_id, at, _spec(fields["spec"]))
     elif kind == "started":
-        item = Started(job_id, at)
+        item = Started(job_id, at, _text_or_none(fields.get("host")))
+    elif kind == "callback":
+        status = fields.get("status_code")
+        item = CallbackDone(
+            job_id,
+            at,
+            int(fields["sequence"]),
+            bool(fields["delivered"]),
+            int(fields["attempts"]),
+            None if status is None else int(status),
+            _text_or_none(fields.get("error")),
+        )
     elif kind == "ended":
         item = Ended(
             job_id,

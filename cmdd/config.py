@@ -14,6 +14,8 @@ from typing import Any, cast
 import attrs
 from twisted.internet.endpoints import quoteStringArgument
 
+from cmdd.destinations import parse_networks
+
 DEFAULT_LISTEN = "ssl:8443:interface=127.0.0.1"
 MIB = 1024 * 1024
 
@@ -36,6 +38,12 @@ class Settings:
     max_schedules: int = 10_000
     max_output_bytes: int = 16 * MIB
     max_body_bytes: int = MIB
+    #: Request body bytes held in memory across all connections (more: 503).
+    body_budget_bytes: int = 32 * MIB
+    #: Open client connections (the next one: 503 and closed).
+    max_connections: int = 1024
+    #: Seconds from a request's first byte to its last (more: 408).
+    receive_timeout: float = 30.0
     default_timeout: float | None = None
     kill_grace: float = 5.0
     #: Seconds a stop (SIGTERM/SIGINT) lets running jobs finish before ending them.
@@ -59,6 +67,15 @@ class Settings:
     allow_root_jobs: bool = False
     #: What an unprivileged daemon's sandboxed jobs may write besides /tmp and /var/tmp.
     job_writable_paths: tuple[str, ...] = ()
+    #: Seconds a webhook attempt may take (connect and answer).
+    webhook_timeout: float = 15.0
+    #: Seconds after its event a failing callback is given up.
+    webhook_max_age: float = 24 * 3600.0
+    webhook_max_in_flight: int = 64
+    webhook_per_destination: int = 4
+    #: CIDR networks callbacks may (allow) or may not (deny) connect to.
+    webhook_allow: tuple[str, ...] = ()
+    webhook_deny: tuple[str, ...] = ()
 
     @property
     def journal_path(self) -> str:
@@ -83,10 +100,22 @@ _INTS = (
     "max_schedules",
     "max_output_bytes",
     "max_body_bytes",
+    "body_budget_bytes",
+    "max_connections",
     "journal_compact_bytes",
     "retain_jobs",
+    "webhook_max_in_flight",
+    "webhook_per_destination",
 )
-_FLOATS = ("default_timeout", "kill_grace", "idle_timeout", "retain_days")
+_FLOATS = (
+    "default_timeout",
+    "kill_grace",
+    "idle_timeout",
+    "receive_timeout",
+    "retain_days",
+    "webhook_timeout",
+    "webhook_max_age",
+)
 _BOOLS = ("allow_plaintext", "journal_recover", "job_private_tmp", "job_network", "allow_root_jobs")
 FSYNC_MODES = ("always", "never")
 SANDBOX_MODES = ("auto", "bubblewrap", "off")
@@ -101,6 +130,8 @@ KEYS = frozenset(
         "job_sandbox",
         "job_writable_paths",
         "stop_grace",
+        "webhook_allow",
+        "webhook_deny",
         *_BOOLS,
         *_INTS,
         *_FLOATS,
@@ -170,6 +201,9 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         ):
             raise ConfigError("job_writable_paths must be a list of absolute paths")
         values["job_writable_paths"] = tuple(os.path.normpath(p) for p in paths)
+    for key in ("webhook_allow", "webhook_deny"):
+        if key in merged:
+            values[key] = _networks(key, merged[key])
     if "job_sandbox" in merged:
         if merged["job_sandbox"] not in SANDBOX_MODES:
             raise ConfigError(f"job_sandbox must be one of {', '.join(SANDBOX_MODES)}")
@@ -214,6 +248,17 @@ def _run_as(value: object) -> frozenset[tuple[str, str]]:
             raise ConfigError(f"run_as.{name} must be a list of Unix user names")
         pairs.update((name, user) for user in users)
     return frozenset(pairs)
+
+
+def _networks(key: str, value: object) -> tuple[str, ...]:
+    """CIDR networks (a string or a list of them), checked."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{key} must be a list of CIDR networks")
+    try:
+        return tuple(str(network) for network in parse_networks(items))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def _is_zero(value: object) -> bool:

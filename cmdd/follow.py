@@ -101,57 +101,77 @@ def sse_event(event: str, text: str) -> bytes:
 
 async def follow(
     request: IRequest,
-    path: str,
+    streams: list[tuple[str, str]],
     job_id: int,
-    stream: str,
     *,
     current: Callable[[int], Job | None],
     changed: Callable[[int], Deferred[None]],
     run_blocking: Callable[..., Deferred[Any]],
     sse: bool,
     clock: IReactorTime,
-    offset: int = 0,
 ) -> bytes:
-    """Write the output from C{offset} as it is produced; return once the job
-    has ended and everything was sent (or the client went away)."""
+    """Write the output of C{streams} (name, spool path) as it is produced;
+    return once the job has ended and everything was sent (or the client
+    went away).
+
+    Raw bytes follow one stream. As Server-Sent Events several streams share
+    one connection, each chunk an event named after its stream, in the order
+    it was read, then one C{end} event with the job's outcome.
+    """
+    assert sse or len(streams) == 1, "raw output follows one stream"
     flow = Flow()
     consumer: Any = request  # twisted.web's Request is an IConsumer; IRequest omits it
     consumer.registerProducer(flow, True)
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    offsets = dict.fromkeys((name for name, _ in streams), 0)
+    decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name, _ in streams}
     try:
         while not flow.stopped:
             job = current(job_id)
             ended = job is None or job.state.final
             # Ask to be told of new output before looking, so none slips by.
             more = None if ended else changed(job_id)
-            chunk: bytes = await run_blocking(read_output, path, offset, CHUNK)
-            if chunk:
-                offset += len(chunk)
-                text = decoder.decode(chunk)
-                request.write(sse_event(stream, text) if sse else chunk)
-                await flow.drained()
-                if len(chunk) == CHUNK or more is None:
-                    # More may be there already (or the job ended): read on.
-                    if more is not None:
-                        more.addErrback(lambda _: None)
-                        more.cancel()
+            full = False
+            wrote = False
+            for name, path in streams:
+                chunk: bytes = await run_blocking(read_output, path, offsets[name], CHUNK)
+                if not chunk:
                     continue
-            elif more is None:
+                offsets[name] += len(chunk)
+                wrote = True
+                full = full or len(chunk) == CHUNK
+                text = decoders[name].decode(chunk)
+                request.write(sse_event(name, text) if sse else chunk)
+                await flow.drained()
+                if flow.stopped:
+                    break
+            if wrote and (full or more is None):
+                # More may be there already (or the job ended): read on.
+                if more is not None:
+                    more.addErrback(lambda _: None)
+                    more.cancel()
+                continue
+            if more is None:
                 break
-            # At the end of the file: wait for the next write (or the end),
+            # At the end of the files: wait for the next write (or the end),
             # then let a few more writes gather so a chatty job costs one
             # read per interval rather than one per line.
             await more
             await deferLater(clock, COALESCE_SECONDS, lambda: None)
         if sse and not flow.stopped:
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                request.write(sse_event(stream, tail))
-            job = current(job_id)
-            end: dict[str, Any] = {"id": job_id, "state": job.state.value if job else "deleted"}
-            if job is not None and job.outcome is not None:
-                end.update(outcome_to_json(job.outcome))
-            request.write(sse_event("end", json.dumps(end, ensure_ascii=False)))
+            for name, _ in streams:
+                tail = decoders[name].decode(b"", final=True)
+                if tail:
+                    request.write(sse_event(name, tail))
+            end = json.dumps(_end(current(job_id), job_id), ensure_ascii=False)
+            request.write(sse_event("end", end))
     finally:
         consumer.unregisterProducer()
     return b""
+
+
+def _end(job: Job | None, job_id: int) -> dict[str, Any]:
+    """The C{end} event's fields: the job's final state and outcome."""
+    end: dict[str, Any] = {"id": job_id, "state": job.state.value if job else "deleted"}
+    if job is not None and job.outcome is not None:
+        end.update(outcome_to_json(job.outcome))
+    return end

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from cmdd.spec import JobSpec
@@ -90,6 +91,11 @@ class Job:
     completed: float | None = None
     outcome: Outcome | None = None
     idempotency: Idempotency | None = None
+    #: The host that ran the job (from its L{Started} event).
+    host: str | None = None
+    #: How each of the job's callbacks ended, in sequence order (see
+    #: L{cmdd.callbacks}): the ones not in here are still pending.
+    callbacks_done: tuple[CallbackDone, ...] = ()
     #: When a scheduled job's C{run_at} released it into the queue.
     released: float | None = None
     #: The recurring schedule that created it, if any.
@@ -149,6 +155,8 @@ class Started:
 
     job_id: int
     at: float
+    #: The host that runs it (C{None} in journals written before hosts were kept).
+    host: str | None = None
 
 
 @frozen
@@ -169,7 +177,26 @@ class Deleted:
     by: str | None = None
 
 
-Event = Created | Released | Modified | Started | Ended | Deleted
+@frozen
+class CallbackDone:
+    """One of the job's webhook callbacks was delivered or given up.
+
+    Only outcomes are journaled: which callbacks a job owes is derived from
+    its own transitions (see L{cmdd.callbacks}), so a callback is pending
+    from the moment its transition is durable until this event is.
+    """
+
+    job_id: int
+    at: float
+    sequence: int
+    delivered: bool
+    attempts: int
+    #: The last attempt's HTTP status, or why it got none.
+    status_code: int | None = None
+    error: str | None = None
+
+
+Event = Created | Released | Modified | Started | Ended | Deleted | CallbackDone
 
 
 class InvalidTransitionError(ValueError):
@@ -205,8 +232,8 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
         # Built directly, not with attrs.evolve: replay applies millions of
         # these and evolve's introspection was a tenth of replay time.
         return Job(
-            job.id, job.spec, State.RUNNING, job.created, job.owner, event.at,
-            idempotency=job.idempotency, released=job.released, schedule_id=job.schedule_id,
+            job.id, job.spec, State.RUNNING, job.created, job.owner, event.at, None, None,
+            job.idempotency, event.host, job.callbacks_done, job.released, job.schedule_id,
         )  # fmt: skip
     if isinstance(event, Released | Modified):
         return _not_started_change(job, event)
@@ -225,9 +252,15 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             event.at,
             event.outcome,
             job.idempotency,
+            job.host,
+            job.callbacks_done,
             job.released,
             job.schedule_id,
         )
+    if isinstance(event, CallbackDone):
+        if event.sequence != len(job.callbacks_done) + 1:
+            raise InvalidTransitionError(f"job {job.id}: callback {event.sequence} out of order")
+        return attrs.evolve(job, callbacks_done=(*job.callbacks_done, event))
     if not job.state.final:
         raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not finished")
     return None
@@ -239,7 +272,8 @@ def _not_started_change(job: Job, event: Released | Modified) -> Job:
             raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not scheduled")
         return Job(
             job.id, job.spec, State.QUEUED, job.created, job.owner,
-            idempotency=job.idempotency, released=event.at, schedule_id=job.schedule_id,
+            idempotency=job.idempotency, callbacks_done=job.callbacks_done, released=event.at,
+            schedule_id=job.schedule_id,
         )  # fmt: skip
     if job.state not in (State.SCHEDULED, State.QUEUED):
         raise InvalidTransitionError(f"job {job.id} is {job.state.value}; it cannot change")
@@ -250,7 +284,8 @@ def _not_started_change(job: Job, event: Released | Modified) -> Job:
         released = None
     return Job(
         job.id, event.spec, state, job.created, job.owner,
-        idempotency=job.idempotency, released=released, schedule_id=job.schedule_id,
+        idempotency=job.idempotency, callbacks_done=job.callbacks_done, released=released,
+        schedule_id=job.schedule_id,
     )  # fmt: skip
 
 

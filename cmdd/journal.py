@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -298,8 +299,11 @@ class JournalWriter:
         fsync: bool = True,
         seq: int = 0,
         ops: FileOps = REAL_OPS,
+        on_write: Callable[[float], None] | None = None,
     ) -> None:
         self._reactor = reactor
+        #: Told the seconds each batch's write and fsync took (on the thread).
+        self._on_write = on_write
         self.path = path
         self._fsync = fsync
         self._ops = ops
@@ -315,6 +319,8 @@ class JournalWriter:
         #: Why every append is refused until restart, once the journal
         #: could not be put back into a known state.
         self.broken: str | None = None
+        #: Why the last write was refused, until a later one succeeds.
+        self.failing: str | None = None
         self.size = 0
         self.batches = 0
         self.refused = 0
@@ -361,6 +367,11 @@ class JournalWriter:
         self._kick()
         return waiter
 
+    @property
+    def refusing(self) -> str | None:
+        """Why appends are refused now (a broken journal, or the last write failed)."""
+        return self.broken or self.failing
+
     def _kick(self) -> None:
         if self._busy:
             return
@@ -398,6 +409,7 @@ class JournalWriter:
     def _write_batch(self, data: bytes) -> int:
         assert self._fd is not None
         good = self._good
+        began = time.monotonic()
         try:
             write_all(self._fd, data, self._ops)
             if self._fsync:
@@ -409,6 +421,8 @@ class JournalWriter:
             self._cut(good)
             raise JournalFailed(f"cannot write the journal {self.path}: {e}") from e
         self._good = good + len(data)
+        if self._on_write is not None:
+            self._on_write(time.monotonic() - began)
         return len(data)
 
     def _cut(self, good: int) -> None:
@@ -482,11 +496,13 @@ class JournalWriter:
         self._busy = False
         self.batches += 1
         self.size += written
+        self.failing = None
         for entry in batch:
             entry.waiter.callback(None)
         self._kick()
 
     def _batch_failed(self, failure: Failure, batch: list[_Append]) -> None:
+        self.failing = failure.getErrorMessage()
         log.error(
             "journal: refused {count} record(s): {why}",
             count=len(batch),

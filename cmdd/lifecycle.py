@@ -68,10 +68,23 @@ def fail_start(error: BaseException, stderr: IO[str] | None = None) -> NoReturn:
 
 
 class Readiness:
-    """Whether the daemon takes new work: starting, ready or draining."""
+    """Whether the daemon takes new work: starting, ready or draining.
+
+    While ready, C{checks} may still say no: each returns why the daemon
+    cannot take work now (e.g. the journal refuses appends), or C{None}.
+    """
 
     def __init__(self) -> None:
         self.state = STARTING
+        self.checks: list[Callable[[], str | None]] = []
+
+    def problem(self) -> str | None:
+        """The first check's reason to refuse new work, if any."""
+        for check in self.checks:
+            why = check()
+            if why is not None:
+                return why
+        return None
 
     def ready(self) -> None:
         """The reactor runs and every service is up."""
@@ -86,6 +99,37 @@ class Readiness:
     def is_ready(self) -> bool:
         """True only between start-up and the beginning of a stop."""
         return self.state == READY
+
+
+class JournalCheck:
+    """Readiness check: not ready while the journal refuses appends.
+
+    A load balancer that takes the daemon out of rotation sends no more
+    submissions, so nothing would show that the disk has room again: while
+    the journal refuses, each check (at most one at a time) appends
+    C{probe()} (a harmless record), and the next check after it was
+    written says ready again.
+
+    @param journal: has C{refusing} (a reason or C{None}) and C{append}.
+    @param probe: makes the record to try.
+    """
+
+    def __init__(self, journal: Any, probe: Callable[[], Any]) -> None:
+        self._journal = journal
+        self._probe = probe
+        self._probing = False
+
+    def __call__(self) -> str | None:
+        why: str | None = self._journal.refusing
+        if why is not None and not self._probing:
+            self._probing = True
+            trying = self._journal.append(self._probe())
+            trying.addErrback(lambda _failure: None)  # the refusal is already logged
+            trying.addBoth(self._probed)
+        return None if why is None else f"the journal refuses new records: {why}"
+
+    def _probed(self, _: object) -> None:
+        self._probing = False
 
 
 def install_stop_signals(

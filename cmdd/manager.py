@@ -107,8 +107,12 @@ class JobManager(Service):
         self._pump_call: IDelayedCall | None = None
         self._stopping = False
         self._grace_call: IDelayedCall | None = None
+        #: Journal ends refused and waiting to be tried again, by job id.
+        self._end_retries: dict[int, tuple[IDelayedCall, tuple[Any, ...]]] = {}
         self._backing_off = False
         self.submitted_total = 0
+        #: The host jobs run on, recorded with each start (the composition root sets it).
+        self.host: str | None = None
         self.store.add_listener(self._job_changed)
 
     # --- queries -----------------------------------------------------------
@@ -363,13 +367,18 @@ class JobManager(Service):
 
         return self._io.run(remove_all)
 
-    def adopt_history(self) -> None:
+    def adopt_history(self) -> Deferred[Any]:
         """After replay: queue the queued jobs again, mark the running ones lost.
 
         A job that was running when the daemon died may or may not have
         finished its work; it is never run again.
+
+        @return: fires once each C{lost} end was written or refused (the
+            store shows a job as lost only once its end is durable, so
+            nothing should be served before: see L{cmdd.listening}).
         """
         now = self.clock.seconds()
+        recorded: list[Deferred[None]] = []
         for job in self.store.oldest_first():
             if job.state is State.QUEUED:
                 self._enqueue(job)
@@ -378,7 +387,7 @@ class JobManager(Service):
                     output_size(output_path(self.output_dir, job.id, stream))
                     for stream in ("stdout", "stderr")
                 )
-                self._record_end(
+                recorded.append(self._record_end(
                     job.id,
                     now,
                     Outcome(
@@ -387,7 +396,8 @@ class JobManager(Service):
                         stdout_bytes=stdout_bytes,
                         stderr_bytes=stderr_bytes,
                     ),
-                )
+                ))
+        return DeferredList(recorded, consumeErrors=True)
 
     # --- service -----------------------------------------------------------
 
@@ -395,6 +405,12 @@ class JobManager(Service):
         super().startService()
         self._stopping = False
         self._schedule_pump()
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (SIGHUP); a higher max_running starts queued jobs now."""
+        self.limits = limits
+        if not self._stopping:
+            self._schedule_pump()
 
     @property
     def stopping(self) -> bool:
@@ -442,6 +458,13 @@ class JobManager(Service):
         if self._grace_call is not None and self._grace_call.active():
             self._grace_call.cancel()
         self._grace_call = None
+        # Ends still waiting for the journal get one last try now, not a
+        # timer that would fire after the stop.
+        retries, self._end_retries = self._end_retries, {}
+        for call, args in retries.values():
+            if call.active():
+                call.cancel()
+                self._record_end(*args)
 
     # --- internals ---------------------------------------------------------
 
@@ -482,7 +505,7 @@ class JobManager(Service):
     def _start(self, job_id: int) -> None:
         run = _Run(job_id)
         self._running[job_id] = run
-        _, durable = self.history.record(Started(job_id, self.clock.seconds()))
+        _, durable = self.history.record(Started(job_id, self.clock.seconds(), self.host))
         durable.addCallbacks(
             lambda _: self._spawn(run), lambda failure: self._start_refused(run, failure)
         ).addErrback(self._end_failed, run)
@@ -555,16 +578,17 @@ class JobManager(Service):
 
     def _record_end(
         self, job_id: int, at: float, outcome: Outcome, delay: float | None = None
-    ) -> None:
+    ) -> Deferred[None]:
         """Journal a job's end; if refused, try again until it is taken.
 
         Its process is gone: the end is a fact, and the job shows as it was
         (running) until the fact is durable. Stopping gives up instead:
         after a restart such a job is C{lost}.
         """
+        self._end_retries.pop(job_id, None)
         job = self.history.current(job_id)
         if job is None or job.state.final:
-            return
+            return succeed(None)
         wait = RETRY_SECONDS if delay is None else delay
         _, durable = self.history.record(Ended(job_id, at, outcome))
 
@@ -594,11 +618,10 @@ class JobManager(Service):
                 why=failure.getErrorMessage(),
                 delay=wait,
             )
-            self.clock.callLater(
-                wait, self._record_end, job_id, at, outcome, min(2 * wait, RETRY_MAX_SECONDS)
-            )
+            args = (job_id, at, outcome, min(2 * wait, RETRY_MAX_SECONDS))
+            self._end_retries[job_id] = (self.clock.callLater(wait, self._record_end, *args), args)
 
-        durable.addErrback(refused)
+        return durable.addErrback(refused)
 
     def _time_out(self, run: _Run) -> None:
         run.timeout_call = None

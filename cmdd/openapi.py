@@ -48,6 +48,14 @@ SPEC = {
         "concurrency_key": {"type": "string",
                             "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@=+\\-/]{0,127}$"},
         "concurrency_limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "webhooks": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: {"type": "string", "format": "uri", "maxLength": 2048}
+                for name in ("begun", "ended", "cancelled", "error")
+            },
+        },
         "run_at": {"type": "string", "format": "date-time",
                    "description": "RFC 3339 with an offset: scheduled until then"},
     },
@@ -85,12 +93,54 @@ JOB = {
         "created": _TIME,
         "started": _TIME,
         "completed": _TIME,
+        "host": {"type": ["string", "null"], "description": "the host that ran it"},
         "exit_code": {"type": ["integer", "null"]},
         "reason": {"type": ["string", "null"]},
         "cancelled_by": {"type": ["string", "null"]},
         "schedule_id": {"type": "integer", "description": "the schedule that created it"},
         "status_history": {"type": "array", "items": HISTORY_ENTRY},
         "links": LINKS,
+    },
+}
+_ATTEMPT = {
+    "type": "object",
+    "properties": {
+        "at": _TIME,
+        "duration": {"type": "number"},
+        "status_code": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+    },
+}
+DELIVERIES = {
+    "type": "object",
+    "required": ["job_id", "deliveries"],
+    "properties": {
+        "job_id": {"type": "integer"},
+        "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+            "sequence": {"type": "integer"},
+            "callback_type": {"type": "string",
+                              "enum": ["begun", "ended", "cancelled", "error"]},
+            "url": {"type": "string"},
+            "webhook_id": {"type": "string"},
+            "made": _TIME,
+            "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts_total": {"type": "integer"},
+            "attempts": {"type": "array", "items": _ATTEMPT,
+                         "description": "the last 20 attempts since the daemon started"},
+            "next_retry": _TIME,
+            "finished": _TIME,
+            "last_status_code": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+        }}},
+    },
+}  # fmt: skip
+WEBHOOK_SECRET = {
+    "type": "object",
+    "required": ["secret"],
+    "properties": {
+        "secret": {"type": "string", "pattern": "^whsec_"},
+        "created": _TIME,
+        "previous_signs_until": _TIME,
     },
 }
 STATUS = {
@@ -308,7 +358,36 @@ def description() -> dict[str, Any]:
                 "responses": {"204": {"description": "deleted"}, **_errors(404, 409)},
             },
         },
+        "/api/jobs/{job_id}/output": {
+            "get": {
+                "summary": "both streams live as Server-Sent Events (stdout, stderr), "
+                           "then an end event with the outcome",
+                "parameters": [_ID],
+                "responses": {"200": {"description": "an event stream",
+                                      "content": {"text/event-stream": {}}},
+                              **_errors(400, 404)},
+            }
+        },
         "/api/jobs/{job_id}/output/{stream}": output,
+        "/api/jobs/{job_id}/deliveries": {
+            "get": {
+                "summary": "the job's webhook callbacks: pending, delivered or failed, "
+                           "with their attempts",
+                "parameters": [_ID],
+                "responses": {"200": _json(DELIVERIES, "the callbacks"), **_errors(400, 404)},
+            }
+        },
+        "/api/webhook-secret": {
+            "get": {
+                "summary": "your webhook signing secret (made on first use)",
+                "responses": {"200": _json(WEBHOOK_SECRET, "the secret"), **_errors(503)},
+            },
+            "post": {
+                "summary": "rotate your secret; the old one also signs for 24 h",
+                "responses": {"200": _json(WEBHOOK_SECRET, "the new secret"),
+                              **_errors(503)},
+            },
+        },
         "/api/statuses": _list_operation("statuses", STATUS, "list statuses"),
         "/api/statuses/{job_id}": {
             "get": {
@@ -373,9 +452,11 @@ def description() -> dict[str, Any]:
                 "requestBody": {"content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"expires_in": {"type": "number", "exclusiveMinimum": 0},
-                                   "description": {"type": "string", "maxLength": 200}}}}}},
+                                   "description": {"type": "string", "maxLength": 200},
+                                   "user": {"type": "string", "description":
+                                            "admins only: whose token it is"}}}}}},
                 "responses": {"201": _json(TOKEN, "the token, shown once"),
-                              **_errors(400, 413, 415, 429)},
+                              **_errors(400, 403, 413, 415, 429)},
             },
             "get": {
                 "summary": "your tokens (never the secrets)",
@@ -401,10 +482,11 @@ def description() -> dict[str, Any]:
         },
         "/readyz": {
             "get": {"summary": "readiness (no token needed): 503 with Retry-After while "
-                               "starting or draining",
+                               "starting, draining or while the journal refuses appends",
                     "security": [],
                     "responses": {"200": _json({"type": "object"}, "ready"),
-                                  "503": _json({"type": "object"}, "starting or draining")}}
+                                  "503": _json({"type": "object"},
+                                               "starting, draining or unavailable (reason)")}}
         },
         "/metrics": {
             "get": {"summary": "Prometheus metrics (roles admin and metrics only)",

@@ -40,6 +40,7 @@ def job_json(job: Job) -> dict[str, Any]:
     out["created"] = rfc3339(job.created)
     out["started"] = rfc3339(job.started)
     out["completed"] = rfc3339(job.completed)
+    out["host"] = job.host
     if job.outcome is not None:
         out["exit_code"] = job.outcome.exit_code
         out["reason"] = job.outcome.reason
@@ -83,6 +84,7 @@ JOB_FIELDS = frozenset(
     {
         "id", "state", "owner", "command", "command_line", "environment",
         "working_directory", "stdin", "umask", "timeout", "labels", "user", "created",
+        "webhooks", "host",
         "started", "completed", "exit_code", "reason", "cancelled_by", "links",
         "concurrency_key", "concurrency_limit", "run_at", "schedule_id", "status_history",
     }

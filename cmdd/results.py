@@ -107,3 +107,33 @@ async def stream_result(
     finally:
         consumer.unregisterProducer()
     return b""
+
+
+async def stream_raw(
+    request: IRequest, path: str, size: int, run_blocking: Callable[..., Deferred[Any]]
+) -> bytes:
+    """Write the first C{size} bytes of an output file as the body, in
+    L{CHUNK}-byte reads on a worker thread, while the client keeps up.
+
+    The caller set C{Content-Length: size}. Should the file hold fewer bytes
+    than that (the job was deleted meanwhile), the connection is closed, so
+    the client sees a short body instead of waiting for the rest.
+    """
+    if request.method == b"HEAD" or size == 0:
+        return b""
+    flow = Flow()
+    consumer: Any = request  # twisted.web's Request is an IConsumer; IRequest omits it
+    consumer.registerProducer(flow, True)
+    offset = 0
+    try:
+        while offset < size and not flow.stopped:
+            piece: bytes = await run_blocking(read_output, path, offset, min(CHUNK, size - offset))
+            if not piece:
+                request.channel.loseConnection()  # type: ignore[attr-defined]  # a Request
+                return b""
+            request.write(piece)
+            offset += len(piece)
+            await flow.drained()
+    finally:
+        consumer.unregisterProducer()
+    return b""

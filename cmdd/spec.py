@@ -16,10 +16,11 @@ from attrs import frozen
 
 from cmdd.errors import SpecError
 from cmdd.timefmt import NotRFC3339, format_rfc3339, parse_rfc3339
+from cmdd.webhookspec import parse_webhooks
 
 #: Fields the design names but this server does not implement yet: rejected
 #: with a clear code instead of being silently ignored.
-UNSUPPORTED_FIELDS = frozenset({"webhooks"})
+UNSUPPORTED_FIELDS: frozenset[str] = frozenset()
 
 KNOWN_FIELDS = frozenset(
     {
@@ -35,6 +36,7 @@ KNOWN_FIELDS = frozenset(
         "run_at",
         "concurrency_key",
         "concurrency_limit",
+        "webhooks",
     }
 )
 
@@ -80,6 +82,8 @@ class JobSpec:
     #: at once (see L{cmdd.slots}).
     concurrency_key: str | None = None
     concurrency_limit: int = 1
+    #: Callback type -> URL (see L{cmdd.webhookspec}).
+    webhooks: Mapping[str, str] = _EMPTY
 
     def argv(self) -> tuple[str, ...]:
         """The argument vector to execute: C{/bin/sh -c command} or the list."""
@@ -118,6 +122,8 @@ class JobSpec:
         if self.concurrency_key is not None:
             out["concurrency_key"] = self.concurrency_key
             out["concurrency_limit"] = self.concurrency_limit
+        if self.webhooks:
+            out["webhooks"] = dict(self.webhooks)
         return out
 
 
@@ -351,10 +357,14 @@ def parse_spec(body: object, now: float | None = None) -> JobSpec:
     if body.get("run_at") is not None:
         run_at = parse_run_at(body["run_at"], now)
     concurrency_key, concurrency_limit = _parse_concurrency(body)
+    webhooks: Mapping[str, str] = _EMPTY
+    if body.get("webhooks") is not None:
+        webhooks = parse_webhooks(body["webhooks"]) or _EMPTY
     return JobSpec(
         run_at=run_at,
         concurrency_key=concurrency_key,
         concurrency_limit=concurrency_limit,
+        webhooks=webhooks,
         user=user,
         command=command,
         command_line=command_line,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from OpenSSL import SSL
@@ -28,6 +30,7 @@ from cmdd import __version__
 from cmdd.accounts import Accounts
 from cmdd.api import CmddAPI
 from cmdd.auth import AuthGate, FailureThrottle, RunAsPolicy, make_portal
+from cmdd.codec import Meta
 from cmdd.config import (
     ConfigError,
     Settings,
@@ -39,11 +42,15 @@ from cmdd.config import (
 )
 from cmdd.history import History, Retention
 from cmdd.jobhost import StartupError, make_executor
+from cmdd.joblog import log_transition
 from cmdd.jobs import State
 from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
 from cmdd.leftovers import end_leftovers, instance_of
-from cmdd.lifecycle import Readiness, fail_start, install_stop_signals
-from cmdd.manager import JobManager, Limits
+from cmdd.lifecycle import JournalCheck, Readiness, fail_start, install_stop_signals
+from cmdd.listening import ListeningFile, RecordingEndpoint, hold_accepting
+from cmdd.manager import JobManager
+from cmdd.metrics import DaemonMetrics
+from cmdd.reloading import apply_site_limits, limits_of, reload_settings
 from cmdd.runat import RunAtService
 from cmdd.schedules import ScheduleService
 from cmdd.spawnerlink import SpawnerLink
@@ -52,6 +59,7 @@ from cmdd.store import JobStore
 from cmdd.tls import ReloadableTLS, ensure_self_signed, fingerprint
 from cmdd.users import UserError
 from cmdd.web import make_site
+from cmdd.webhookapi import WebhookRoutes, make_deliverer
 
 log = Logger()
 
@@ -67,6 +75,10 @@ _SETTING_OPTIONS = (
     "max-schedules",
     "max-output-bytes",
     "max-body-bytes",
+    "body-budget-bytes",
+    "max-connections",
+    "receive-timeout",
+    "idle-timeout",
     "default-timeout",
     "kill-grace",
     "stop-grace",
@@ -77,6 +89,10 @@ _SETTING_OPTIONS = (
     "client-ca",
     "job-user",
     "job-sandbox",
+    "webhook-timeout",
+    "webhook-max-age",
+    "webhook-max-in-flight",
+    "webhook-per-destination",
 )
 
 
@@ -108,6 +124,10 @@ class Options(usage.Options):
         ["max-schedules", None, None, "Recurring schedules [default: 10000]."],
         ["max-output-bytes", None, None, "Bytes kept per job and stream [default: 16 MiB]."],
         ["max-body-bytes", None, None, "Largest request body [default: 1 MiB]."],
+        ["body-budget-bytes", None, None, "Body bytes in memory, all connections [32 MiB]."],
+        ["max-connections", None, None, "Open client connections [default: 1024]."],
+        ["receive-timeout", None, None, "Seconds a request may take to arrive [default: 30]."],
+        ["idle-timeout", None, None, "Seconds an idle connection stays open [default: 60]."],
         ["default-timeout", None, None, "Seconds before a job without timeout is killed."],
         ["kill-grace", None, None, "Seconds between SIGTERM and SIGKILL [default: 5]."],
         [
@@ -140,6 +160,20 @@ class Options(usage.Options):
             None,
             "auto: bubblewrap when it works (default); bubblewrap: required; off.",
         ],
+        ["webhook-timeout", None, None, "Seconds a callback attempt may take [default: 15]."],
+        [
+            "webhook-max-age",
+            None,
+            None,
+            "Seconds after its event a failing callback is given up [default: 86400].",
+        ],
+        ["webhook-max-in-flight", None, None, "Callback requests at once [default: 64]."],
+        [
+            "webhook-per-destination",
+            None,
+            None,
+            "Callback requests at once per host and port [default: 4].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -147,6 +181,16 @@ class Options(usage.Options):
         self["listen"] = []
         self["run-as"] = []
         self["job-writable"] = []
+        self["webhook-allow"] = []
+        self["webhook-deny"] = []
+
+    def opt_webhook_allow(self, network: str) -> None:
+        """CIDR network callbacks may connect to (repeatable) [default: any]."""
+        self["webhook-allow"].append(network)
+
+    def opt_webhook_deny(self, network: str) -> None:
+        """CIDR network callbacks may not connect to (repeatable; wins over allow)."""
+        self["webhook-deny"].append(network)
 
     def opt_job_writable(self, path: str) -> None:
         """A path an unprivileged daemon's sandboxed jobs may write (repeatable)."""
@@ -183,6 +227,8 @@ class Options(usage.Options):
             overrides["listen"] = self["listen"] or None
             overrides["run_as"] = self["run-as"] or None
             overrides["job_writable_paths"] = self["job-writable"] or None
+            overrides["webhook_allow"] = self["webhook-allow"] or None
+            overrides["webhook_deny"] = self["webhook-deny"] or None
             overrides["allow_plaintext"] = True if self["allow-plaintext"] else None
             overrides["journal_recover"] = True if self["journal-recover"] else None
             overrides["job_private_tmp"] = True if self["job-private-tmp"] else None
@@ -191,6 +237,9 @@ class Options(usage.Options):
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
             raise _BadConfig(str(e)) from None
+        config = self["config"]
+        # SIGHUP builds the settings again the same way (cmdd.reloading).
+        self["reread"] = lambda: build_settings(load_toml(config) if config else {}, overrides)
 
 
 class _BadConfig(usage.UsageError):
@@ -203,6 +252,22 @@ def _exit_usage(line: str) -> NoReturn:
     raise SystemExit(2)
 
 
+class _ManagerCounts:
+    """The manager's queue as the metrics read it (the manager is made after
+    the metrics, which the journal needs first)."""
+
+    def __init__(self, service: CmddService) -> None:
+        self._service = service
+
+    @property
+    def running_count(self) -> int:
+        return self._service.manager.running_count
+
+    @property
+    def queued_count(self) -> int:
+        return self._service.manager.queued_count
+
+
 class CmddService(MultiService):
     """The daemon: prepares the data directory, runs jobs, serves HTTP.
 
@@ -210,15 +275,30 @@ class CmddService(MultiService):
     (TERM, grace, KILL), then the I/O thread.
     """
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self, settings: Settings, reactor: Any, reread: Callable[[], Settings] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
+        self._reread = reread
         self._reactor = reactor
         self.readiness = Readiness()
         self.io = IOWorker(reactor)
         self.store = JobStore()
+        self.metrics = DaemonMetrics(
+            self.store,
+            _ManagerCounts(self),
+            auth_failures=lambda: self.gate.failures,
+            deliveries=lambda: self.deliverer,
+        )
         self.journal = JournalWriter(
-            reactor, settings.journal_path, fsync=settings.journal_fsync == "always"
+            reactor,
+            settings.journal_path,
+            fsync=settings.journal_fsync == "always",
+            on_write=self.metrics.fsync_seconds.observe,
+        )
+        self.readiness.checks.append(
+            JournalCheck(self.journal, lambda: Meta(reactor.seconds(), self.store.peek_next_id()))
         )
         self.history = History(
             self.store,
@@ -236,27 +316,25 @@ class CmddService(MultiService):
             self.io,
             reactor,
             settings.output_dir,
-            Limits(
-                max_running=settings.max_running,
-                max_queued=settings.max_queued,
-                max_scheduled=settings.max_scheduled,
-                max_output_bytes=settings.max_output_bytes,
-                default_timeout=settings.default_timeout,
-                kill_grace=settings.kill_grace,
-                stop_grace=settings.stop_grace,
-            ),
+            limits_of(settings),
         )
         self.run_at = RunAtService(self.manager, reactor)
         self.schedules = ScheduleService(
             self.manager, reactor, max_schedules=settings.max_schedules
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
+        self.manager.host = socket.gethostname()
+        self.webhook_secrets, self.webhook_sender, self.deliverer = make_deliverer(
+            settings, reactor, self.history, self.io.run, deferToThread
+        )
         self.api = CmddAPI(
             self.manager,
             deferToThread,
             self.accounts,
             RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
             readiness=self.readiness,
+            metrics=self.metrics,
+            webhooks=WebhookRoutes(self.deliverer, self.webhook_secrets),
             schedules=self.schedules,
         )
         portal = make_portal(self.accounts.users, self.accounts.book_view, reactor, deferToThread)
@@ -268,9 +346,11 @@ class CmddService(MultiService):
             client_certificates=settings.client_ca is not None,
         )
         self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
+        apply_site_limits(self.site, settings)
         self._users_watch = LoopingCall(self.accounts.reload_users_if_changed)
         self._users_watch.clock = reactor
         self._listeners: list[StreamServerEndpointService] = []
+        self._listening = ListeningFile(settings.data_dir)
         self._tls: list[ReloadableTLS] = []
 
     def startService(self) -> None:
@@ -295,11 +375,16 @@ class CmddService(MultiService):
                 self._reactor, settings, _key_files(settings.listen)
             )
             self.accounts.load()
+            self.webhook_secrets.load()
             # Bind the listeners before any thread or process runs, so that a
             # port in use stops the start with nothing to undo. Nothing is
             # served before the reactor runs, i.e. before history is back.
-            self._listen()
-            self._restore_history()
+            bound = self._listen()
+            adopted = self._restore_history()
+            # Counted and logged from now on: replayed events are not news.
+            self.metrics.watch()
+            self.store.add_listener(log_transition)
+            hold_accepting(bound, adopted)
         except (DataDirLocked, JournalCorrupt, UserError) as e:
             raise SystemExit(str(e)) from None
         log.info("{how}", how=how)
@@ -313,6 +398,7 @@ class CmddService(MultiService):
         self.run_at.startService()
         self.schedules.startService()
         self._reactor.callWhenRunning(self._now_running)
+        self._reactor.callWhenRunning(self.deliverer.start)
         log.info(
             "cmdd {version} serving on {listen}; data in {data_dir}",
             version=__version__,
@@ -320,7 +406,7 @@ class CmddService(MultiService):
             data_dir=settings.data_dir,
         )
 
-    def _listen(self) -> None:
+    def _listen(self) -> list[RecordingEndpoint]:
         descriptions = self.settings.listen
         if needs_generated_certificate(descriptions):
             cert, key, created = ensure_self_signed(self.settings.tls_dir)
@@ -333,12 +419,19 @@ class CmddService(MultiService):
                 fingerprint=print_,
             )
             descriptions = tuple(with_certificate(d, cert, key) for d in descriptions)
+        self._listening.remove()
+        bound = []
         for description in descriptions:
-            listener = StreamServerEndpointService(self._endpoint(description), self.site)
+            kind = split_endpoint(description)[0]
+            endpoint = RecordingEndpoint(self._endpoint(description), kind)
+            listener = StreamServerEndpointService(endpoint, self.site)
             # Fail start-up loudly (port in use, bad key) instead of serving nothing.
             listener._raiseSynchronously = True
             listener.startService()
             self._listeners.append(listener)
+            bound.append(endpoint)
+        self._listening.write(bound)
+        return bound
 
     def _now_running(self) -> None:
         install_stop_signals(self._reactor, self._stop_signal, self._stop_again)
@@ -361,15 +454,16 @@ class CmddService(MultiService):
         log.info("{signal} again: ending the running jobs now", signal=name)
         self.manager.stop_now(f"{name} received twice")
 
-    def _restore_history(self) -> None:
+    def _restore_history(self) -> Deferred[Any]:
         # Synchronous on purpose: this runs before the reactor does, and no
-        # request may be served before every job is back.
+        # request may be served before every job is back (nor before the
+        # jobs that were running are recorded lost: the returned Deferred).
         settings = self.settings
         report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
         self.journal.seq = report.last_seq
         self.journal.open()
         self._end_leftovers()
-        self.manager.adopt_history()
+        adopted = self.manager.adopt_history()
         log.info(
             "journal {path}: {records} records, {jobs} jobs, next id {next_id}",
             path=settings.journal_path,
@@ -380,6 +474,7 @@ class CmddService(MultiService):
         if report.quarantined:
             # Rewrite the journal without the quarantined lines.
             self.history.compact()
+        return adopted
 
     def _end_leftovers(self) -> None:
         # Jobs recorded as running are about to be marked lost; whatever of
@@ -426,8 +521,10 @@ class CmddService(MultiService):
 
     def reload(self) -> None:
         """Re-read what an operator may change without a restart (SIGHUP)."""
-        log.info("SIGHUP: reloading users and TLS certificates")
+        log.info("SIGHUP: reloading users, TLS certificates and limits")
         self.accounts.reload_users()
+        if self._reread is not None:
+            self.settings = reload_settings(self.settings, self._reread, self._apply_limits)
         for tls in self._tls:
             try:
                 tls.reload()
@@ -437,6 +534,10 @@ class CmddService(MultiService):
                     path=tls.cert_path,
                     why=str(e),
                 )
+
+    def _apply_limits(self, settings: Settings) -> None:
+        self.manager.set_limits(limits_of(settings))
+        apply_site_limits(self.site, settings)
 
     async def _stop(self) -> None:
         # The drain: POSTs get 503 and /readyz 503 while running jobs finish
@@ -448,9 +549,14 @@ class CmddService(MultiService):
         self.run_at.stopService()
         self.schedules.stopService()
         await self.manager.stopService()
+        # Callbacks of jobs that ended in the drain went out meanwhile; the
+        # rest are owed in the journal and go out after the next start.
+        self.deliverer.stop()
+        await self.webhook_sender.close()
         for listener in self._listeners:
             await maybeDeferred(listener.stopService)
         self._listeners = []
+        self._listening.remove()
         if self.spawner is not None:
             await self.spawner.stop()
         await super().stopService()
@@ -489,4 +595,4 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (twistd calls this)."""
     from twisted.internet import reactor
 
-    return CmddService(options["settings"], reactor)
+    return CmddService(options["settings"], reactor, options.get("reread"))

@@ -24,18 +24,16 @@ from twisted.web.server import Request, Site
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header, parse_options_header
 
-from cmdd.channel import JsonChannel
+from cmdd.channel import RECEIVE_TIMEOUT, JsonChannel
 from cmdd.errors import ClientError
 from cmdd.wirejson import JSON_TYPE, encode_json, reason_phrase
 
 log = Logger()
 
 DEFAULT_MAX_BODY = 1024 * 1024
-#: Request bodies held in memory across all connections (a module constant
-#: until the config file grows a setting for it).
+#: Request bodies held in memory across all connections (C{body_budget_bytes}).
 DEFAULT_BODY_BUDGET = 32 * 1024 * 1024
-#: Open connections; the next one gets a JSON 503 (a module constant until
-#: the config file grows a setting for it).
+#: Open connections; the next one gets a JSON 503 (C{max_connections}).
 DEFAULT_MAX_CONNECTIONS = 1024
 #: JSON numbers must be exact as a double (JavaScript's safe integers).
 MAX_JSON_INTEGER = 2**53
@@ -86,18 +84,18 @@ class LimitedRequest(Request):
         super().__init__(*args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
         self.content = io.BytesIO()
+        if length is not None and length > self.max_body:
+            self._too_large()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
             return
         assert self.content is not None
         if self.content.tell() + len(data) > self.max_body:
-            self.body_too_large = True
             self.content = io.BytesIO()
             self._release()
+            self._too_large()
             return
         if not self.budget.take(len(data)):
             self._release()
@@ -116,6 +114,21 @@ class LimitedRequest(Request):
             return
         self._held += len(data)
         self.content.write(data)
+
+    def _too_large(self) -> None:
+        """Answer 413 now, before (the rest of) the body is read, and close.
+
+        A declared C{Content-Length} over the limit is refused as soon as the
+        headers are in; a chunked body as soon as it passes the limit.
+        """
+        self.body_too_large = True
+        refuse = getattr(self.channel, "refuse", None)
+        if refuse is not None:
+            refuse(
+                ClientError(
+                    "BODY_TOO_LARGE", f"the request body is over {self.max_body} bytes", status=413
+                )
+            )
 
     def _release(self) -> None:
         self.budget.give_back(self._held)
@@ -190,6 +203,7 @@ class JsonSite(Site):
     """A Site whose connections are L{JsonChannel}s, at most C{max_connections}."""
 
     max_connections = DEFAULT_MAX_CONNECTIONS
+    receive_timeout = RECEIVE_TIMEOUT
     connections = 0
 
     @staticmethod
@@ -208,6 +222,7 @@ def make_site(
     *,
     body_budget: int = DEFAULT_BODY_BUDGET,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    receive_timeout: float = RECEIVE_TIMEOUT,
 ) -> Site:
     """A L{JsonSite} that uses L{LimitedRequest} and drops idle connections.
 
@@ -216,17 +231,35 @@ def make_site(
     @param body_budget: bytes of request bodies in memory across connections
         (more: 503 with Retry-After).
     @param max_connections: open connections (more: 503 with Retry-After).
+    @param receive_timeout: seconds from a request's first byte to its last
+        (more: 408).
     """
     site = JsonSite(resource, timeout=idle_timeout)
-    site.max_connections = max_connections
 
     class _Request(LimitedRequest):
         pass
 
-    _Request.max_body = max_body
     _Request.budget = BodyBudget(body_budget)
     site.requestFactory = _Request
+    set_site_limits(site, max_body, idle_timeout, body_budget, max_connections, receive_timeout)
     return site
+
+
+def set_site_limits(
+    site: Any,
+    max_body: int,
+    idle_timeout: float,
+    body_budget: int,
+    max_connections: int,
+    receive_timeout: float,
+) -> None:
+    """Set (or change, on SIGHUP) the limits of a site from L{make_site};
+    connections already open keep the idle timeout they started with."""
+    site.timeOut = idle_timeout
+    site.max_connections = max_connections
+    site.receive_timeout = receive_timeout
+    site.requestFactory.max_body = max_body
+    site.requestFactory.budget.limit = body_budget
 
 
 def respond_json(

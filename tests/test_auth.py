@@ -541,6 +541,8 @@ def test_metrics_role_can_do_nothing_else(client: Client, method: str, path: str
     assert json.loads(content)["error"]["code"] == "FORBIDDEN"
 
 
+# The 500 is provoked on purpose; its failure must be logged.
+@pytest.mark.logs_errors("authentication failed unexpectedly")
 def test_an_error_raised_past_the_gate_is_a_json_500(client: Client) -> None:
     """What the resource behind the gate raises while rendering (after the
     token was accepted) is a logged JSON 500, never an unhandled error in a

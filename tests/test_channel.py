@@ -93,6 +93,18 @@ def test_a_request_that_trickles_in_is_cut_at_the_deadline(clock: Clock) -> None
     assert connection.error_code() == "REQUEST_TIMEOUT"
 
 
+def test_the_receive_deadline_is_the_sites_setting(clock: Clock) -> None:
+    """A site made with receive_timeout=5 answers 408 after 5 s, not the default."""
+    connection = Connection(site_with(clock, receive_timeout=5))
+    connection.send(headers_for_body(100))
+    clock.advance(4.9)
+    assert connection.transport.value() == b""
+    clock.advance(0.2)
+    assert connection.error_code() == "REQUEST_TIMEOUT"
+    assert b"within 5 seconds" in connection.answer()[2]
+    connection.close()
+
+
 def test_a_prompt_request_is_not_cut(clock: Clock) -> None:
     """The deadline covers one request's arrival, not the connection: a
     persistent connection may send requests for longer than that."""
@@ -165,3 +177,41 @@ def test_a_body_refused_in_its_last_chunk_gets_one_answer(clock: Clock) -> None:
     connection.send(headers_for_body(600) + b"a" * 600)
     assert connection.error_code() == "SERVER_BUSY"
     assert connection.transport.value().count(b"HTTP/1.1") == 1
+
+
+def test_a_declared_body_over_the_limit_is_413_before_it_is_read(clock: Clock) -> None:
+    """A Content-Length over max_body is answered 413 JSON as soon as the
+    headers are in, without waiting for (or reading) the body, and the
+    connection closes after the linger; no 100 Continue follows the answer."""
+    connection = Connection(site_with(clock, max_body=1000))
+    connection.send(
+        b"POST /x HTTP/1.1\r\nHost: cmdd.test\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    status, headers, _body = connection.answer()
+    assert status == 413 and headers["connection"] == "close"
+    assert connection.error_code() == "BODY_TOO_LARGE"
+    assert b"100 Continue" not in connection.transport.value()
+    connection.send(b"x" * 10_000)  # discarded
+    assert connection.transport.value().count(b"HTTP/1.1") == 1
+    clock.advance(LINGER_SECONDS)
+    assert connection.transport.disconnecting
+    connection.close()
+
+
+def test_a_chunked_body_over_the_limit_is_413_midway(clock: Clock) -> None:
+    """A chunked body is refused with 413 JSON as soon as it passes max_body,
+    before its last chunk arrives."""
+    site = site_with(clock, max_body=1000)
+    connection = Connection(site)
+    connection.send(
+        b"POST /x HTTP/1.1\r\nHost: cmdd.test\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    connection.send(b"258\r\n" + b"a" * 600 + b"\r\n")
+    assert connection.transport.value() == b""
+    connection.send(b"258\r\n" + b"a" * 600 + b"\r\n")
+    assert connection.answer()[0] == 413
+    assert connection.error_code() == "BODY_TOO_LARGE"
+    connection.close()
+    assert site.requestFactory.budget.used == 0

@@ -133,6 +133,38 @@ def test_stop_grace_must_be_seconds(value: object) -> None:
         build_settings({"stop_grace": value}, {})
 
 
+def test_connection_limits_are_settings(tmp_path: Path) -> None:
+    """Body, connection and upload limits come from the file and the command line."""
+    defaults = build_settings({}, {})
+    assert (defaults.body_budget_bytes, defaults.max_connections) == (32 * 1024 * 1024, 1024)
+    assert (defaults.receive_timeout, defaults.idle_timeout) == (30.0, 60.0)
+    config = tmp_path / "cmdd.toml"
+    config.write_text(
+        "body_budget_bytes = 4096\nmax_connections = 8\nreceive_timeout = 2.5\nidle_timeout = 9\n"
+    )
+    from_file = build_settings(load_toml(str(config)), {"max_connections": "3"})
+    assert from_file.body_budget_bytes == 4096
+    assert from_file.max_connections == 3
+    assert (from_file.receive_timeout, from_file.idle_timeout) == (2.5, 9.0)
+    with pytest.raises(ConfigError, match="max_connections must be more than 0"):
+        build_settings({"max_connections": 0}, {})
+
+
+def test_twistd_options_reach_the_settings() -> None:
+    """C{twistd cmdd --max-connections ...} and friends are options."""
+    from cmdd.tap import Options
+
+    options = Options()
+    options.parseOptions(
+        [
+            "--max-connections", "5", "--body-budget-bytes", "2048",
+            "--receive-timeout", "4", "--idle-timeout", "7", "--max-body-bytes", "100",
+        ]
+    )
+    settings = options["settings"]
+    assert (settings.max_connections, settings.body_budget_bytes) == (5, 2048)
+    assert (settings.receive_timeout, settings.idle_timeout) == (4.0, 7.0)
+    assert settings.max_body_bytes == 100
 def test_schedule_limits_are_settings() -> None:
     """max_scheduled and max_schedules come from the file or the command line."""
     settings = build_settings({"max_schedules": 3}, {"max_scheduled": "5"})

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,18 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemons import wait_listening
 
 pytestmark = pytest.mark.integration
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 MARKER = f"cmdd-crash-test-{os.getpid()}"
 FINAL = {"succeeded", "failed", "not_executed", "cancelled", "lost"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:
@@ -51,17 +45,19 @@ class Daemon:
         self.prefix = list(prefix or [])
         self.cwd = cwd
         self.token: str | None = None
-        self.port = free_port()
+        #: Known once started: it listens on a port the kernel picks.
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log = open(data_dir.parent / "daemon.log", "ab")
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [*self.prefix, TWISTD, "-n", "--pidfile=", "cmdd", "--data-dir", str(self.data_dir),
-             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--max-running", "4",
+             "--listen", "tcp:0:interface=127.0.0.1", "--max-running", "4",
              "--kill-grace", "1", *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd,
         )
+        (self.port,) = wait_listening(self.process, self.data_dir, Path(self.log.name))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.poll() is None, "the daemon must always start"
@@ -119,9 +115,13 @@ class Daemon:
         return jobs
 
 
-def submitter(daemon: Daemon, name: str, acked: dict[int, list[str]], stop: threading.Event,
-              lock: threading.Lock) -> None:
-    """Submit jobs until the daemon dies; remember every 202."""
+def submitter(daemon: Daemon, name: str, replies: list[tuple[int, list[str]]],
+              stop: threading.Event) -> None:
+    """Submit jobs until the daemon dies; remember every 202 (id and argv).
+
+    Nothing is asserted here: a failed assertion would only end this thread.
+    The test's main thread checks the replies (L{merge_acknowledged}).
+    """
     n = 0
     while not stop.is_set():
         n += 1
@@ -135,9 +135,26 @@ def submitter(daemon: Daemon, name: str, acked: dict[int, list[str]], stop: thre
         except (OSError, http.client.HTTPException, json.JSONDecodeError):
             return
         if status == 202:
-            with lock:
-                assert job["id"] not in acked
-                acked[job["id"]] = argv
+            replies.append((job["id"], argv))  # list.append is atomic
+
+
+def merge_acknowledged(
+    acked: dict[int, list[str]], replies: list[list[tuple[int, list[str]]]]
+) -> None:
+    """Add every client's 202s to C{acked}; an id acknowledged twice fails the test."""
+    for client_replies in replies:
+        for job_id, argv in client_replies:
+            assert job_id not in acked, (
+                f"job id {job_id} acknowledged twice: {acked[job_id]} and {argv}"
+            )
+            acked[job_id] = argv
+
+
+def test_an_id_acknowledged_twice_fails_in_the_main_thread() -> None:
+    """The duplicate-id check runs where a failure fails the test."""
+    acked: dict[int, list[str]] = {1: ["a"]}
+    with pytest.raises(AssertionError, match="acknowledged twice"):
+        merge_acknowledged(acked, [[(2, ["b"])], [(1, ["c"])]])
 
 
 def test_kill_9_loses_no_acknowledged_job(tmp_path: Path) -> None:
@@ -149,14 +166,14 @@ def test_kill_9_loses_no_acknowledged_job(tmp_path: Path) -> None:
     acked: dict[int, list[str]] = {}
     finished_before: dict[int, Any] = {}
     lost_seen = 0
-    lock = threading.Lock()
     try:
         daemon.start()
         for _round in range(8):
             stop = threading.Event()
+            replies: list[list[tuple[int, list[str]]]] = [[] for _ in range(4)]
             clients = [
-                threading.Thread(target=submitter, args=(daemon, f"r{_round}c{i}", acked, stop,
-                                                         lock), daemon=True)
+                threading.Thread(target=submitter, args=(daemon, f"r{_round}c{i}", replies[i],
+                                                         stop), daemon=True)
                 for i in range(4)
             ]
             for client in clients:
@@ -166,13 +183,14 @@ def test_kill_9_loses_no_acknowledged_job(tmp_path: Path) -> None:
             stop.set()
             for client in clients:
                 client.join(timeout=15)
+                assert not client.is_alive(), "a client still submits after the kill"
+            merge_acknowledged(acked, replies)
             daemon.start()
             jobs = daemon.all_jobs()
-            with lock:
-                missing = sorted(set(acked) - set(jobs))
-                assert not missing, f"acknowledged jobs lost: {missing}"
-                for job_id, argv in acked.items():
-                    assert jobs[job_id]["command_line"] == argv
+            missing = sorted(set(acked) - set(jobs))
+            assert not missing, f"acknowledged jobs lost: {missing}"
+            for job_id, argv in acked.items():
+                assert jobs[job_id]["command_line"] == argv
             for job_id, result in finished_before.items():
                 status, now = daemon.get(f"/api/results/{job_id}")
                 assert status == 200 and now == result, f"result of {job_id} changed"

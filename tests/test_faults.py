@@ -36,6 +36,18 @@ from tests.faults import KINDS, FaultyOps
 reactor: Any = _reactor
 
 
+#: Every test here injects disk faults; each refusal and each loss of output is
+#: logged at error level by design (an operator must see it). Anything else
+#: logged as an error still fails the test.
+pytestmark = pytest.mark.logs_errors(
+    "journal: refused",
+    "refuses every record until cmdd restarts",
+    "the journal refused its end",
+    "cannot write output",
+    "the token could not be stored",
+)
+
+
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused starts and ends are retried within milliseconds, not seconds."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemons import wait_listening
 from procs import children_of, is_alive, living_in_group, proc_stat, read_pid_file
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,11 @@ GATED = "while [ ! -e '{gate}' ]; do sleep 0.05; done; {then}"
 
 
 def free_ports(count: int) -> list[int]:
-    """Loopback TCP ports that were free a moment ago."""
+    """Loopback TCP ports that were free a moment ago.
+
+    Only for daemons that must refuse to start (nothing is bound there):
+    a daemon that serves listens on port 0 (see L{launch}).
+    """
     sockets = []
     try:
         for _ in range(count):
@@ -213,37 +218,33 @@ def launch(
     port_count: int = 1,
     ports: list[int] | None = None,
 ) -> Daemon:
-    """Start C{twistd -n --pidfile= cmdd ARGS} and wait until every port accepts.
+    """Start C{twistd -n --pidfile= cmdd ARGS} and wait until it listens.
 
-    C{arguments} receives the ports: C{ports} if given, else free ones; a
-    free port taken in between (another process won the race) means a retry
-    with new ports.
+    C{arguments} receives the ports to listen on: C{ports} if given (a
+    restart on the same port), else zeros, and the ports the kernel picked
+    are read back from the daemon's C{listening.json} (see L{daemons}).
     """
-    fixed = ports
-    for attempt in range(1 if fixed else 3):
-        ports = fixed or free_ports(port_count)
-        log = workdir / f"twistd-{attempt}.log"
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                [TWISTD, "-n", "--pidfile=", "cmdd", *arguments(ports)],
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Its own process group, as under systemd: never the test runner's.
-                start_new_session=True,
-            )
-        daemon = Daemon(process, ports, log)
-        daemon.data_dir = _data_dir(workdir, arguments(ports))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            if all(_accepts(port) for port in ports):
-                return daemon
-            time.sleep(0.05)
-        daemon.stop()
-        if "Address already in use" not in daemon.log_text():
-            break
-    raise AssertionError(f"twistd did not start serving:\n{daemon.log_text()}")
+    requested = ports or [0] * port_count
+    log = workdir / "twistd.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "cmdd", *arguments(requested)],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # Its own process group, as under systemd: never the test runner's.
+            start_new_session=True,
+        )
+    data_dir = _data_dir(workdir, arguments(requested))
+    try:
+        bound = wait_listening(process, data_dir, log)
+    except AssertionError:
+        Daemon(process, requested, log).stop()
+        raise
+    daemon = Daemon(process, bound, log)
+    daemon.data_dir = data_dir
+    return daemon
 
 
 def _accepts(port: int) -> bool:

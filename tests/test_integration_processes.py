@@ -685,6 +685,8 @@ async def test_a_job_sees_only_its_three_standard_descriptors(make_harness: Any)
     assert harness.output(job.id, "stdout").split() == [b"0", b"1", b"2"]
 
 
+# The spawner is killed on purpose; its loss is logged as an error.
+@pytest.mark.logs_errors("the job spawner went away")
 @bounded(30)
 async def test_a_dead_spawner_fails_its_jobs_and_is_replaced(
     make_harness: Any, tmp_path: Path
@@ -756,6 +758,8 @@ async def test_out_of_descriptors_a_job_is_not_executed_and_nothing_leaks(
     assert follower.state is State.SUCCEEDED
 
 
+# The spawner is killed on purpose; its loss is logged as an error.
+@pytest.mark.logs_errors("the job spawner went away")
 @bounded(30)
 async def test_a_cancel_waits_with_its_job_for_a_restarting_spawner(
     make_harness: Any, tmp_path: Path

@@ -92,6 +92,8 @@ def test_damaged_middle_line_stops_start_up(tmp_path: Path) -> None:
     assert str(path) in str(info.value) and "--journal-recover" in str(info.value)
 
 
+# Each quarantined line is logged as an error: an operator must see it.
+@pytest.mark.logs_errors("moved to")
 def test_recover_quarantines_the_bad_line(tmp_path: Path) -> None:
     """With recover, the bad line goes to the quarantine file and the rest loads."""
     path = tmp_path / "journal.jsonl"

@@ -27,7 +27,6 @@ from test_integration_daemon import (
     Daemon,
     _serving,
     curl,
-    free_ports,
     launch,
     wait_until,
 )
@@ -228,7 +227,7 @@ def test_jobs_running_past_the_grace_are_cancelled_and_recorded(tmp_path: Path) 
         daemon.stop()
     assert status == 0, daemon.log_text()
     assert grace <= seconds < grace + KILL_GRACE + 10
-    restarted = launch(tmp_path, _serving(data_dir), ports=free_ports(1))
+    restarted = launch(tmp_path, _serving(data_dir))
     try:
         for job_id in ids:
             job = restarted.job(job_id)

@@ -316,3 +316,43 @@ def test_a_job_whose_spawner_died_is_failed_with_the_reason(world: World) -> Non
     assert job is not None and job.outcome is not None
     assert job.state is State.FAILED
     assert job.outcome.reason == "the job spawner stopped while it ran"
+
+
+def test_adoption_says_when_the_lost_ends_are_durable(tmp_path: Path) -> None:
+    """After a restart, adopt_history's Deferred fires only once the jobs the
+    previous daemon left running are durably lost (until then the store
+    still shows them running, so the daemon must not serve yet)."""
+    from twisted.internet.defer import Deferred
+
+    from cmdd.codec import Meta
+    from cmdd.jobs import Event
+
+    world = World(tmp_path, max_running=2)
+    world.submit()
+    world.clock.advance(0)
+    assert world.state(1) is State.RUNNING
+
+    class HeldLog(MemoryLog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: list[Deferred[None]] = []
+
+        def append(self, item: Event | Meta) -> Deferred[None]:
+            waiter: Deferred[None] = Deferred()
+            self.held.append(waiter)
+            return waiter
+
+    held = HeldLog()
+    history = History(world.store, held, world.clock)
+    restarted = JobManager(
+        history, FakeExecutor(), InlineIO(), world.clock,  # type: ignore[arg-type]
+        world.output_dir, Limits(),
+    )
+    adopted = restarted.adopt_history()
+    fired: list[object] = []
+    adopted.addCallback(fired.append)
+    assert not fired and world.state(1) is State.RUNNING
+    for waiter in held.held:
+        waiter.callback(None)
+    assert fired and world.state(1) is State.LOST
+

@@ -1,12 +1,19 @@
-"""GET /readyz: 200 when ready, 503 + Retry-After while starting or draining."""
+"""GET /readyz: 200 when ready, 503 + Retry-After while starting, draining or
+while the journal refuses appends (a full disk)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import pytest_twisted
+from conftest import LoggedErrors
+from faults import FaultyOps
 from test_api import Client
 
-from cmdd.lifecycle import Readiness
+from cmdd.codec import Meta
+from cmdd.journal import JournalFailed, JournalWriter
+from cmdd.lifecycle import JournalCheck, Readiness
 
 
 def test_readyz_needs_no_token_and_says_ready(tmp_path: Path) -> None:
@@ -37,3 +44,49 @@ def test_readyz_is_503_while_draining(tmp_path: Path) -> None:
     code, error, headers = client.json("POST", "/api/jobs", {"command": "true"})
     assert (code, error["error"]["code"]) == (503, "SHUTTING_DOWN")
     assert headers.getRawHeaders("retry-after") == ["5"]
+
+
+def test_readyz_is_503_with_a_reason_while_a_check_fails(tmp_path: Path) -> None:
+    """A ready daemon whose journal refuses appends answers 503 with the reason."""
+    client = Client(tmp_path)
+    client.token = None
+    reasons: list[str | None] = ["the journal refuses new records: No space left on device"]
+    client.api._readiness.checks.append(lambda: reasons[0])
+    code, body, headers = client.json("GET", "/readyz")
+    assert code == 503
+    assert body == {"status": "unavailable", "reason": reasons[0]}
+    assert headers.getRawHeaders("retry-after") == ["5"]
+    reasons[0] = None
+    assert client.json("GET", "/readyz")[:2] == (200, {"status": "ready"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_journal_is_not_ready_until_an_append_succeeds(
+    tmp_path: Path, logged_errors: LoggedErrors
+) -> None:
+    """While the disk refuses journal writes the check says why; once the disk
+    has room, the check's own probe record is written and it says ready again
+    (a load balancer that stopped sending work still sees the recovery)."""
+    from twisted.internet import reactor
+
+    ops = FaultyOps("enospc", fail_at=1, sticky=True)
+    (tmp_path / "journal.jsonl").touch()  # only writes fail, not the open
+    writer = JournalWriter(reactor, str(tmp_path / "journal.jsonl"), ops=ops)
+    writer.open()
+    check = JournalCheck(writer, lambda: Meta(0.0, 1))
+    try:
+        assert check() is None
+        with pytest.raises(JournalFailed):
+            await writer.append(Meta(0.0, 1))
+        why = check()
+        assert why is not None and "No space left on device" in why
+        await writer.when_idle()  # the probe, refused too
+        assert check() is not None
+        await writer.when_idle()  # another probe, refused too
+        ops.fail_at = 0  # space freed
+        assert check() is not None  # this check starts a probe that succeeds
+        await writer.when_idle()
+        assert check() is None
+    finally:
+        await writer.close()
+    assert logged_errors.flush_matching("journal: refused"), "each refusal is logged"

@@ -96,3 +96,28 @@ def test_head_of_a_result_is_headers_only(client: Client) -> None:
     response, content = client.request("HEAD", "/api/results/1")
     assert response.code == 200 and content == b""
     assert response.headers.getRawHeaders("etag")
+
+
+def test_raw_output_is_streamed_in_chunks(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /api/jobs/{id}/output/stdout without Range sends the whole output
+    with its length, read CHUNK bytes at a time (never the whole file at
+    once: a 16 MiB output costs one chunk of memory)."""
+    stdout = bytes(range(256)) * 1000  # 256,000 bytes: several chunks
+    client.json("POST", "/api/jobs", {"command": "big"})
+    client.clock.advance(0)
+    client.executor.by_job(1).finish(0, stdout=stdout)
+    reads: list[int | None] = []
+    real = results.read_output
+
+    def counted(path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        reads.append(limit)
+        return real(path, offset, limit)
+
+    monkeypatch.setattr(results, "read_output", counted)
+    monkeypatch.setattr("cmdd.api.read_output", counted)
+    response, content = client.request("GET", "/api/jobs/1/output/stdout")
+    assert response.code == 200
+    assert content == stdout
+    assert response.length == len(stdout)  # its Content-Length
+    assert len(reads) >= len(stdout) // results.CHUNK
+    assert all(limit is not None and limit <= results.CHUNK for limit in reads), reads

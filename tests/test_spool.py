@@ -114,6 +114,8 @@ def test_writer_never_writes_through_a_planted_link(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+# A spool that stops writing says so at error level.
+@pytest.mark.logs_errors("cannot write output")
 def test_writer_stops_when_its_file_is_swapped_for_a_symlink(tmp_path: Path) -> None:
     """If the output file is replaced by a symlink while the job runs, later
     output is not written through it: the spool stops, still counting."""
@@ -132,6 +134,8 @@ def test_writer_stops_when_its_file_is_swapped_for_a_symlink(tmp_path: Path) -> 
     assert any(event.get("path") == str(path) for event in events)
 
 
+# A spool that stops writing says so at error level.
+@pytest.mark.logs_errors("cannot write output")
 def test_writer_stops_when_its_file_is_replaced(tmp_path: Path) -> None:
     """Another regular file put under the output name is not appended to."""
     path = tmp_path / "1.stdout"

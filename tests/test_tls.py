@@ -20,16 +20,11 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import trustme
+from daemons import wait_listening
 
 pytestmark = pytest.mark.integration
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TLSDaemon:
@@ -41,24 +36,15 @@ class TLSDaemon:
         self.key = tmp_path / "server.key"
         self.cert = tmp_path / "server.pem"
         self.issue_server_cert()
-        self.port = free_port()
         args = [TWISTD, "-n", "--pidfile=", "cmdd", "--data-dir", str(tmp_path / "data"),
-                "--listen", f"ssl:{self.port}:interface=127.0.0.1:privateKey={self.key}"
+                "--listen", f"ssl:0:interface=127.0.0.1:privateKey={self.key}"
                 f":certKey={self.cert}"]
         if client_ca:
             self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
             args += ["--client-ca", str(tmp_path / "ca.pem")]
         self.log = open(tmp_path / "daemon.log", "wb")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.process.poll() is None, (tmp_path / "daemon.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "daemon did not listen"
-                time.sleep(0.05)
+        (self.port,) = wait_listening(self.process, tmp_path / "data", tmp_path / "daemon.log")
         self.token = (tmp_path / "data" / "admin.token").read_text().strip()
 
     def issue_server_cert(self) -> trustme.LeafCert:
