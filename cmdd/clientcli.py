@@ -34,10 +34,12 @@ from cmdd.clientformat import (
     CMDD_FAILED,
     EventStream,
     OptionError,
+    command_text,
     exit_status,
     job_spec,
     job_table,
     pairs,
+    sf_string,
     table,
 )
 
@@ -65,6 +67,12 @@ def _spec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cwd", metavar="DIR", help="working directory of the job")
     parser.add_argument("--timeout", type=float, metavar="SECONDS")
     parser.add_argument("--user", "-u", metavar="USER", help="run as this Unix user (if allowed)")
+    parser.add_argument("--at", metavar="RFC3339", help="start at this time (run_at)")
+    parser.add_argument("--concurrency-key", metavar="KEY",
+                        help="at most --concurrency-limit of your jobs with KEY run at once")
+    parser.add_argument("--concurrency-limit", type=int, metavar="N")
+    parser.add_argument("--idempotency-key", metavar="KEY",
+                        help="a retry with the same KEY returns the first job (24 h)")
     parser.add_argument("argv", nargs="*", metavar="-- ARGV", help="the program and arguments")
 
 
@@ -101,6 +109,8 @@ def add_client_commands(commands: Any) -> None:
     logs = commands.add_parser("logs", help="a job's stdout and stderr")
     logs.add_argument("--follow", "-f", action="store_true", help="until the job ends")
     logs.add_argument("id", type=int)
+    schedules = commands.add_parser("schedules", help="list your recurring schedules")
+    schedules.add_argument("--json", action="store_true", help="the API's JSON, for scripts")
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--state", action="append", default=[])
     jobs.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
@@ -131,7 +141,7 @@ def add_client_commands(commands: Any) -> None:
 
 
 CLIENT_COMMANDS = frozenset(
-    {"run", "submit", "status", "result", "logs", "cancel", "jobs", "login", "token"}
+    {"run", "submit", "status", "result", "logs", "cancel", "jobs", "schedules", "login", "token"}
 )
 
 
@@ -190,7 +200,7 @@ def _login_settings(args: argparse.Namespace, environ: dict[str, str]) -> Client
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
-    return job_spec(
+    spec = job_spec(
         args.argv,
         shell=args.shell,
         env=args.env,
@@ -199,11 +209,44 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         timeout=args.timeout,
         user=args.user,
     )
+    if args.at is not None:
+        spec["run_at"] = args.at
+    if args.concurrency_key is not None:
+        spec["concurrency_key"] = args.concurrency_key
+    if args.concurrency_limit is not None:
+        spec["concurrency_limit"] = args.concurrency_limit
+    return spec
+
+
+async def _post_job(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """Submit the job the options describe (a retry with a key: the same job)."""
+    headers = {}
+    if args.idempotency_key is not None:
+        headers["Idempotency-Key"] = sf_string(args.idempotency_key)
+    _, job = await client.send(
+        "POST", "/api/jobs", _spec(args), headers=headers, expect=(200, 202)
+    )
+    return dict(job)
 
 
 async def _submit(client: Client, args: argparse.Namespace) -> int:
-    _, job = await client.send("POST", "/api/jobs", _spec(args), expect=(202,))
-    print(job["id"])
+    print((await _post_job(client, args))["id"])
+    return 0
+
+
+async def _schedules(client: Client, args: argparse.Namespace) -> int:
+    _, listing = await client.send("GET", "/api/schedules")
+    if args.json:
+        print(json.dumps(listing, indent=2, ensure_ascii=False))
+        return 0
+    rows = [
+        (str(s["id"]), s["owner"], s["cron"], s["timezone"],
+         "paused" if s["paused"] else (s["next_run"] or "-"), command_text(s["job"]))
+        for s in listing["schedules"]
+    ]  # fmt: skip
+    if rows:
+        header = ("ID", "OWNER", "CRON", "TIMEZONE", "NEXT RUN", "COMMAND")
+        print(table(header, rows, shutil.get_terminal_size().columns))
     return 0
 
 
@@ -290,8 +333,7 @@ async def _logs(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _run(client: Client, args: argparse.Namespace) -> int:
-    _, job = await client.send("POST", "/api/jobs", _spec(args), expect=(202,))
-    job_id = job["id"]
+    job_id = (await _post_job(client, args))["id"]
     interrupts = _CancelOnInterrupt(client, job_id)
     try:
         if args.follow:
@@ -430,6 +472,7 @@ COMMANDS: dict[str, Command] = {
     "cancel": _cancel,
     "logs": _logs,
     "jobs": _jobs,
+    "schedules": _schedules,
     "login": _login,
     "token": _token,
 }

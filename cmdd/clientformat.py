@@ -133,6 +133,18 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+def sf_string(text: str) -> str:
+    """C{text} as an RFC 8941 string (the C{Idempotency-Key} header's form)."""
+    if not text or any(not " " <= c <= "~" for c in text):
+        raise OptionError("an idempotency key is printable ASCII text")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def command_text(job: dict[str, Any]) -> str:
+    """A job's command on one line (a shell string, or its argv quoted)."""
+    return _command(job).replace("\n", " ")
+
+
 def _command(job: dict[str, Any]) -> str:
     if job.get("command") is not None:
         return str(job["command"])

@@ -258,3 +258,26 @@ def test_the_log_tells_each_transition_and_no_secret(daemon: TlsDaemon) -> None:
     assert f"job {job_id} failed (owner admin, exit code 5" in log
     for secret in [daemon.token, *SECRETS]:
         assert secret and secret not in log
+
+
+def test_keys_run_at_and_schedules(daemon: TlsDaemon) -> None:
+    env = daemon.env()
+    first = cmdd(env, "submit", "--idempotency-key", 'nightly "build" #7', "--", "true")
+    again = cmdd(env, "submit", "--idempotency-key", 'nightly "build" #7', "--", "true")
+    assert first.returncode == again.returncode == 0
+    assert first.stdout == again.stdout, "a retry with the key is the same job"
+    later = cmdd(env, "submit", "--at", "2030-01-01T00:00:00+00:00", "--concurrency-key", "k",
+                 "--", "true").stdout.strip()  # fmt: skip
+    assert cmdd(env, "status", later).stdout.split() == [later, "scheduled"]
+    assert cmdd(env, "cancel", later).stdout.split() == [later, "cancelled"]
+    created = subprocess.run(
+        ["curl", "-sk", "-H", f"Authorization: Bearer {daemon.token}", "--json",
+         json.dumps({"cron": "30 2 * * *", "timezone": "Europe/Berlin",
+                     "job": {"command": "echo nightly"}}), f"{daemon.url}/api/schedules"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    schedule_id = json.loads(created.stdout)["id"]
+    rows = cmdd(env, "schedules").stdout.splitlines()
+    assert rows[0].split()[:4] == ["ID", "OWNER", "CRON", "TIMEZONE"]
+    assert any(row.split()[0] == str(schedule_id) and "Europe/Berlin" in row for row in rows)
+    assert "echo nightly" in rows[-1]
