@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 from werkzeug.datastructures import MIMEAccept
@@ -199,6 +200,22 @@ def check_request(request: IRequest) -> None:
                 ) from None
 
 
+_LOGGABLE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}\Z")
+
+
+def access_line(timestamp: str, request: IRequest) -> str:
+    """The combined log format, with the authenticated user in its user field
+    (C{-} before authentication or when it failed)."""
+    line: str = combinedLogFormatter(timestamp, request)
+    principal = getattr(request, "cmdd_principal", None)
+    name = getattr(principal, "name", None)
+    if not isinstance(name, str) or not _LOGGABLE_NAME.match(name):
+        return line
+    # combinedLogFormatter writes '"address" - - [time] ...': ident, then user.
+    address, separator, rest = line.partition(" - - ")
+    return f"{address} - {name} {rest}" if separator else line
+
+
 class JsonSite(Site):
     """A Site whose connections are L{JsonChannel}s, at most C{max_connections}."""
 
@@ -234,7 +251,7 @@ def make_site(
     @param receive_timeout: seconds from a request's first byte to its last
         (more: 408).
     """
-    site = JsonSite(resource, timeout=idle_timeout)
+    site = JsonSite(resource, timeout=idle_timeout, logFormatter=access_line)
 
     class _Request(LimitedRequest):
         pass

@@ -256,6 +256,9 @@ def test_the_log_tells_each_transition_and_no_secret(daemon: TlsDaemon) -> None:
     for state in ("queued", "running", "failed"):
         assert f"job {job_id} {state} (owner admin" in log
     assert f"job {job_id} failed (owner admin, exit code 5" in log
+    # The access log names who asked (combined format's user field).
+    assert '"127.0.0.1" - admin [' in log and '"POST /api/jobs HTTP/1.1" 202' in log
+    assert '"127.0.0.1" - - [' in log, "a refused token names nobody"
     for secret in [daemon.token, *SECRETS]:
         assert secret and secret not in log
 
