@@ -26,9 +26,10 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, implementer
 
 from cmdd.errors import ClientError
+from cmdd.principal import IPrincipal
 from cmdd.throttle import FailureThrottle as FailureThrottle
 from cmdd.throttle import retry_after, throttle_key
 from cmdd.tls import peer_common_name
@@ -71,10 +72,6 @@ class BearerToken:
     """Bearer credentials (the repr never shows the token)."""
 
     token: str
-
-
-class IPrincipal(Interface):
-    """The authenticated cmdd user a request acts for."""
 
 
 @implementer(IPrincipal)
@@ -223,7 +220,8 @@ class RunAsPolicy:
 
 def principal_of(request: IRequest) -> Principal:
     """The principal L{AuthGate} attached to this request."""
-    principal = getattr(request, "cmdd_principal", None)
+    getter: Any = getattr(request, "getComponent", None)
+    principal = None if getter is None else getter(IPrincipal)
     if not isinstance(principal, Principal):
         raise ClientError("UNAUTHENTICATED", "authentication required", status=401)
     return principal
@@ -352,7 +350,9 @@ class AuthGate(Resource):
             )
             self._respond_error(error, request)
             return
-        request.cmdd_principal = principal  # type: ignore[attr-defined]
+        # twisted.web's Request is Componentized (IRequest does not say so).
+        componentized: Any = request
+        componentized.setComponent(IPrincipal, principal)
         body = self._inner.render(request)
         if body is not NOT_DONE_YET:
             request.write(body)

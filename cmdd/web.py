@@ -27,6 +27,7 @@ from werkzeug.http import parse_accept_header, parse_options_header
 
 from cmdd.channel import RECEIVE_TIMEOUT, JsonChannel
 from cmdd.errors import ClientError
+from cmdd.principal import IPrincipal
 from cmdd.wirejson import JSON_TYPE, encode_json, reason_phrase
 
 log = Logger()
@@ -207,8 +208,8 @@ def access_line(timestamp: str, request: IRequest) -> str:
     """The combined log format, with the authenticated user in its user field
     (C{-} before authentication or when it failed)."""
     line: str = combinedLogFormatter(timestamp, request)
-    principal = getattr(request, "cmdd_principal", None)
-    name = getattr(principal, "name", None)
+    getter = getattr(request, "getComponent", None)
+    name = getattr(None if getter is None else getter(IPrincipal), "name", None)
     if not isinstance(name, str) or not _LOGGABLE_NAME.match(name):
         return line
     # combinedLogFormatter writes '"address" - - [time] ...': ident, then user.
