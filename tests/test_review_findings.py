@@ -21,3 +21,14 @@ def test_review_missed_fires_do_not_block_the_reactor() -> None:
     elapsed = time.perf_counter() - started
     assert slot == now
     assert elapsed < 0.05, f"latest_due took {elapsed:.2f} s on the reactor"
+
+
+def test_review_run_at_before_year_1_utc_is_a_400_not_a_500() -> None:
+    """run_at 0001-01-01T00:00:00+14:00 passed validation and crashed the
+    journal encoder (format_rfc3339: year 0 is out of range) -> 500."""
+    import pytest
+
+    from cmdd.timefmt import NotRFC3339, parse_rfc3339
+
+    with pytest.raises(NotRFC3339):
+        parse_rfc3339("0001-01-01T00:00:00+14:00")
