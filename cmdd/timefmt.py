@@ -45,7 +45,8 @@ def parse_rfc3339(text: str) -> float:
             int(year), int(month), int(day), int(hour), int(minute), int(second),
             int((fraction or "0").ljust(6, "0")[:6]), tzinfo=zone,
         )  # fmt: skip
-    except ValueError:
+        moment.astimezone(UTC)  # year 1 at +14:00 is year 0 in UTC: unrepresentable
+    except (ValueError, OverflowError):
         raise NotRFC3339("not a real date and time", syntax_ok=True) from None
     return moment.timestamp()
 
