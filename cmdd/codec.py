@@ -80,6 +80,7 @@ def _schedule_fields(item: ScheduleRecord) -> dict[str, Any]:
         "last_run": schedule.last_run,
         "fired": schedule.fired,
         "skipped": schedule.skipped,
+        "owner_generation": schedule.owner_generation,
     }
 
 
@@ -111,6 +112,7 @@ def _schedule(at: float, fields: dict[str, Any]) -> ScheduleRecord:
             last_run=_number_or_none(fields.get("last_run")),
             fired=int(fields["fired"]),
             skipped=int(fields["skipped"]),
+            owner_generation=_text_or_none(fields.get("owner_generation")),
             **text,
         ),
     )

@@ -11,9 +11,10 @@ import re
 from twisted.web.iweb import IRequest
 
 from cmdd.auth import Principal, RunAsPolicy, principal_of
-from cmdd.errors import not_found
+from cmdd.errors import ClientError, not_found
 from cmdd.schedule import Schedule, parse_schedule, schedule_json
 from cmdd.schedules import ScheduleService
+from cmdd.users import User
 from cmdd.web import read_json, respond_json
 
 _ID = re.compile(r"[1-9][0-9]{0,17}\Z")
@@ -78,3 +79,22 @@ class ScheduleRoutes:
         await self._service.delete(schedule.id, principal.name)
         request.setResponseCode(204)
         return b""
+
+
+def schedule_refusal(
+    schedule: Schedule, users: dict[str, User], run_as: RunAsPolicy
+) -> str | None:
+    """Why a schedule's fire must not create its job now, if it must not:
+    a schedule acts for its owner, who may have been removed (or removed and
+    added again: a new generation), or lost the right to run as its user."""
+    user = users.get(schedule.owner)
+    if user is None:
+        return f"its owner {schedule.owner} is no longer a user"
+    if schedule.owner_generation is not None and user.generation != schedule.owner_generation:
+        return f"its owner {schedule.owner} was removed and added again"
+    if schedule.job.user is not None:
+        try:
+            run_as.check(Principal(user.name, user.role), schedule.job.user)
+        except ClientError as e:
+            return e.message
+    return None

@@ -9,7 +9,7 @@ slot) before the job it creates, so a restart never fires a slot twice.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -67,6 +67,12 @@ class ScheduleService(Service):
         self._last_jobs: dict[int, collections.deque[int]] = {}
         self._history.sections.append(self)
         manager.store.add_listener(self._job_changed)
+        #: Whether a schedule's owner may still have its job run: C{None},
+        #: or why not (the owner was removed, re-created, lost a run-as
+        #: grant). The composition root sets it; checked at every fire.
+        self.owner_check: Callable[[Schedule], str | None] = lambda schedule: None
+        #: The generation of a user now (stamped on new schedules).
+        self.generation_of: Callable[[str], str | None] = lambda owner: None
 
     # --- journal section -------------------------------------------------
 
@@ -127,7 +133,14 @@ class ScheduleService(Service):
                 headers={"Retry-After": "60"},
             )
         now = self.clock.seconds()
-        schedule = Schedule(id=self._max_id() + 1, owner=owner, created=now, since=now, **fields)
+        schedule = Schedule(
+            id=self._max_id() + 1,
+            owner=owner,
+            created=now,
+            since=now,
+            owner_generation=self.generation_of(owner),
+            **fields,
+        )
         return self._save(ScheduleSaved(now, schedule)).addCallback(lambda _: schedule)
 
     def update(self, schedule_id: int, fields: dict[str, Any]) -> Deferred[Schedule]:
@@ -263,16 +276,25 @@ class ScheduleService(Service):
                 pass  # it ended meanwhile
 
     def _submit(self, schedule: Schedule, step: Plan) -> None:
+        refusal = self.owner_check(schedule)
+        if refusal is not None:
+            log.warn("schedule {id} skipped its fire: {why}", id=schedule.id, why=refusal)
+            self._count_skipped(schedule)
+            return
         try:
             self._manager.submit(
                 schedule.job, owner=schedule.owner, schedule_id=schedule.id
             ).addErrback(_log_refused, schedule.id)
         except ClientError as e:
             log.warn("schedule {id} could not create its job: {why}", id=schedule.id, why=e.message)
-            skipped = attrs.evolve(schedule, fired=schedule.fired - 1, skipped=schedule.skipped + 1)
-            self._save(ScheduleSaved(self.clock.seconds(), skipped)).addErrback(
-                _log_refused, schedule.id
-            )
+            self._count_skipped(schedule)
+
+    def _count_skipped(self, schedule: Schedule) -> None:
+        """A fire that created no job after all: counted as skipped."""
+        skipped = attrs.evolve(schedule, fired=schedule.fired - 1, skipped=schedule.skipped + 1)
+        self._save(ScheduleSaved(self.clock.seconds(), skipped)).addErrback(
+            _log_refused, schedule.id
+        )
 
 
 def _id_of(record: ScheduleRecord) -> int:

@@ -52,6 +52,7 @@ from cmdd.manager import JobManager
 from cmdd.metrics import DaemonMetrics
 from cmdd.reloading import apply_site_limits, limits_of, reload_settings
 from cmdd.runat import RunAtService
+from cmdd.scheduleroutes import schedule_refusal
 from cmdd.schedules import ScheduleService
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
@@ -323,6 +324,13 @@ class CmddService(MultiService):
             self.manager, reactor, max_schedules=settings.max_schedules
         )
         self.accounts = Accounts(settings.data_dir, reactor, self.io.run)
+        run_as = RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0)
+        self.schedules.owner_check = lambda schedule: schedule_refusal(
+            schedule, self.accounts.users(), run_as
+        )
+        self.schedules.generation_of = lambda owner: getattr(
+            self.accounts.users().get(owner), "generation", None
+        )
         self.manager.host = socket.gethostname()
         self.webhook_secrets, self.webhook_sender, self.deliverer = make_deliverer(
             settings, reactor, self.history, self.io.run, deferToThread
@@ -331,7 +339,7 @@ class CmddService(MultiService):
             self.manager,
             deferToThread,
             self.accounts,
-            RunAsPolicy(settings.run_as, daemon_is_root=os.geteuid() == 0),
+            run_as,
             readiness=self.readiness,
             metrics=self.metrics,
             webhooks=WebhookRoutes(self.deliverer, self.webhook_secrets),

@@ -251,3 +251,47 @@ def test_history_compaction_asks_sections_for_their_records(tmp_path: Path) -> N
     schedule = world.create({"cron": "* * * * *", "job": {"command": "true"}})
     world.history.compact()
     assert [item.schedule for item in Capture.extra] == [schedule]
+
+
+def test_a_removed_or_re_created_owner_s_schedule_creates_no_job(tmp_path: Path) -> None:
+    """A schedule acts for its owner: once the owner is removed (or removed
+    and added again, a new generation), its fires create no job and are
+    counted as skipped; the schedule stays for an admin to see or delete."""
+    from cmdd.auth import RunAsPolicy
+    from cmdd.scheduleroutes import schedule_refusal
+    from cmdd.users import User
+
+    users = {"alice": User("alice", "user", "x", generation="g1")}
+    world = World(tmp_path)
+    world.schedules.generation_of = lambda owner: users[owner].generation
+    world.schedules.owner_check = lambda s: schedule_refusal(s, users, RunAsPolicy())
+    schedule = world.create({"cron": "* * * * *", "job": {"command": "true"}})
+    assert schedule.owner_generation == "g1"
+    world.minutes(1)
+    assert world.jobs(schedule.id) == [1]
+    users["alice"] = User("alice", "user", "y", generation="g2")  # removed, added again
+    world.minutes(1)
+    del users["alice"]
+    world.minutes(1)
+    assert world.jobs(schedule.id) == [1]
+    current = world.schedules.current(schedule.id)
+    assert current is not None and (current.fired, current.skipped) == (1, 2)
+    # The generation survives the journal (a restart still knows it).
+    again = world.restart(tmp_path, world.clock.seconds())
+    restored = again.schedules.current(schedule.id)
+    assert restored is not None and restored.owner_generation == "g1"
+
+
+def test_a_withdrawn_run_as_grant_stops_the_schedule_s_jobs() -> None:
+    from cmdd.auth import RunAsPolicy
+    from cmdd.schedule import Schedule
+    from cmdd.scheduleroutes import schedule_refusal
+    from cmdd.spec import JobSpec
+    from cmdd.users import User
+
+    users = {"alice": User("alice", "user", "x")}
+    schedule = Schedule(1, "alice", "* * * * *", "UTC", JobSpec(command="id", user="www"), 0.0)
+    granted = RunAsPolicy(frozenset({("alice", "www")}), daemon_is_root=True)
+    assert schedule_refusal(schedule, users, granted) is None
+    refusal = schedule_refusal(schedule, users, RunAsPolicy(daemon_is_root=True))
+    assert refusal is not None and "www" in refusal
