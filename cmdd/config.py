@@ -26,12 +26,21 @@ class ConfigError(ValueError):
 
 @attrs.frozen
 class Settings:
-    """Everything the daemon is configured with."""
+    """Everything the daemon is configured with.
+
+    C{max_running} defaults to 4 x CPUs but at least 64: a short job holds
+    its slot for about 20-30 ms under load (its start's fsync, the spawn
+    request and answers, its exit and pipe ends, each a reactor turn) while
+    its process lives a millisecond or two, so fewer slots leave the CPU idle
+    and the queue growing (bench/README.md, "Issue 11: first slice"). Long
+    jobs that sleep or wait cost a process each; CPU-bound ones share the
+    CPUs whatever the limit, and memory-heavy ones want a lower one.
+    """
 
     data_dir: str
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     allow_plaintext: bool = False
-    max_running: int = 4 * (os.cpu_count() or 1)
+    max_running: int = max(64, 4 * (os.cpu_count() or 1))
     max_queued: int = 10_000
     #: Jobs waiting for their run_at, and recurring schedules (all users).
     max_scheduled: int = 100_000

@@ -1,12 +1,13 @@
-"""The job manager service: queue, concurrency limit, timeouts, cancel, stop.
+"""The job manager service: queue, concurrency limits, recording, cancel, stop.
 
-It owns the policy (when to start, when and how to kill, which final state a
-process's end means); the executor owns the mechanics of processes.
+It decides when a job starts and records every change in the journal; each
+started job's run (spawn, timeout, TERM then KILL, which final state its
+process's end means) is L{cmdd.supervision}'s; the executor owns the
+mechanics of processes.
 """
 
 from __future__ import annotations
 
-import signal
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -30,12 +31,12 @@ from cmdd.jobs import (
     Released,
     Started,
     State,
-    final_state,
 )
-from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
+from cmdd.runner import IExecutor
 from cmdd.slots import SlotQueue
 from cmdd.spec import JobSpec
-from cmdd.spool import IOWorker, OutputSpool, output_path, output_size, remove_outputs
+from cmdd.spool import IOWorker, output_path, output_size, remove_outputs
+from cmdd.supervision import Run, Supervisor
 
 log = Logger()
 T = TypeVar("T")
@@ -61,25 +62,23 @@ class Limits:
     stop_grace: float = 30.0
 
 
-@attrs.define(eq=False)
-class _Run:
-    """A job holding a slot: its process (once spawned), timers and flags."""
-
-    job_id: int
-    execution: IExecution | None = None
-    stdout: OutputSpool | None = None
-    stderr: OutputSpool | None = None
-    timeout_call: IDelayedCall | None = None
-    kill_call: IDelayedCall | None = None
-    cancel_reason: str | None = None
-    cancelled_by: str | None = None
-    #: Set once the process has ended (its output may still be being written).
-    exit: ProcessExit | None = None
-    timed_out: bool = False
-
-
 class JobManager(Service):
-    """Starts queued jobs as slots free up and records every change."""
+    """Starts queued jobs as slots free up and records every change.
+
+    @param history: the jobs and the journal every change is recorded in.
+    @type history: L{History}
+    @param executor: where jobs' processes run; C{None} until the
+        composition root sets L{executor} (once the sandbox is checked).
+    @type executor: L{IExecutor} or C{None}
+    @param io: the I/O worker for output files (writes and deletions).
+    @type io: L{IOWorker}
+    @param clock: the time source for timestamps and every timer.
+    @type clock: L{IReactorTime}
+    @param output_dir: the directory of the jobs' output files.
+    @type output_dir: L{str}
+    @param limits: the operator's limits; replaced by L{set_limits}.
+    @type limits: L{Limits}
+    """
 
     name = "jobs"
 
@@ -94,14 +93,22 @@ class JobManager(Service):
     ) -> None:
         self.history = history
         self.store = history.store
-        self.executor = executor
         self._io = io
         #: Time source for timers; API code that waits (follow) uses it too.
         self.clock = clock
         self.output_dir = output_dir
         self.limits = limits
         self._queue = SlotQueue()
-        self._running: dict[int, _Run] = {}
+        self._running: dict[int, Run] = {}
+        self._supervisor = Supervisor(
+            executor,
+            io,
+            clock,
+            output_dir,
+            lambda: self.limits,
+            on_output=self._output_flushed,
+            on_end=self._end,
+        )
         self._final_waiters: dict[int, list[Deferred[Job]]] = {}
         self._output_waiters: dict[int, list[Deferred[None]]] = {}
         self._pump_call: IDelayedCall | None = None
@@ -114,6 +121,15 @@ class JobManager(Service):
         #: The host jobs run on, recorded with each start (the composition root sets it).
         self.host: str | None = None
         self.store.add_listener(self._job_changed)
+
+    @property
+    def executor(self) -> IExecutor | None:
+        """Where jobs' processes run (the composition root sets it)."""
+        return self._supervisor.executor
+
+    @executor.setter
+    def executor(self, executor: IExecutor | None) -> None:
+        self._supervisor.executor = executor
 
     # --- queries -----------------------------------------------------------
 
@@ -267,10 +283,7 @@ class JobManager(Service):
                 return _not_durable(failure, "the cancel could not be recorded durably")
 
             return durable.addCallbacks(lambda _: self.when_final(job_id), refused)
-        elif run.cancel_reason is None and run.exit is None:
-            run.cancel_reason = reason
-            run.cancelled_by = by
-            self._terminate(run)
+        self._supervisor.cancel(run, reason, by)
         return self.when_final(job_id)
 
     def release(self, job_id: int) -> Deferred[None]:
@@ -449,10 +462,7 @@ class JobManager(Service):
             self._grace_call.cancel()
         self._grace_call = None
         for run in list(self._running.values()):
-            if run.exit is None and run.cancel_reason is None:
-                log.info("stopping: ending job {job_id} ({why})", job_id=run.job_id, why=why)
-                run.cancel_reason = f"the daemon stopped ({why})"
-            self._terminate(run)
+            self._supervisor.stop(run, why)
 
     def _drained(self, _: object) -> None:
         if self._grace_call is not None and self._grace_call.active():
@@ -503,48 +513,18 @@ class JobManager(Service):
                 self._queue.release(job_id)
 
     def _start(self, job_id: int) -> None:
-        run = _Run(job_id)
+        run = Run(job_id)
         self._running[job_id] = run
         _, durable = self.history.record(Started(job_id, self.clock.seconds(), self.host))
+        # Spawned only once its start is durable: a job that has had side
+        # effects is always at least "running" (so "lost", not run again)
+        # after a crash.
         durable.addCallbacks(
-            lambda _: self._spawn(run), lambda failure: self._start_refused(run, failure)
-        ).addErrback(self._end_failed, run)
+            lambda _: self._supervisor.spawn(run, self.get(job_id)),
+            lambda failure: self._start_refused(run, failure),
+        ).addErrback(self._supervisor.end_failed, run)
 
-    def _spawn(self, run: _Run) -> None:
-        if run.cancel_reason is not None:
-            outcome = Outcome(
-                State.CANCELLED, reason=run.cancel_reason, cancelled_by=run.cancelled_by
-            )
-            self._end(run, outcome)
-            return
-        job = self.get(run.job_id)
-        cap = self.limits.max_output_bytes
-        run.stdout, run.stderr = (
-            OutputSpool(
-                self._io, output_path(self.output_dir, job.id, stream), cap, clock=self.clock
-            )
-            for stream in ("stdout", "stderr")
-        )
-        run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._output_flushed(job.id)
-        try:
-            assert self.executor is not None, "the composition root sets the executor"
-            run.execution = self.executor.launch(job.id, job.spec, run.stdout, run.stderr)
-        except SpawnError as e:
-            log.info("job {job_id} not executed: {why}", job_id=job.id, why=str(e))
-            self._end(run, Outcome(State.NOT_EXECUTED, reason=str(e)))
-            return
-        except Exception:
-            # Never leave a job "running" with no process behind it.
-            log.failure("starting job {job_id} failed", job_id=job.id)
-            self._end(run, Outcome(State.NOT_EXECUTED, reason="cmdd could not start it"))
-            return
-        if job.spec.timeout is not None:
-            run.timeout_call = self.clock.callLater(job.spec.timeout, self._time_out, run)
-        run.execution.ended().addCallback(self._process_ended, run).addErrback(
-            self._end_failed, run
-        )
-
-    def _start_refused(self, run: _Run, failure: Failure) -> None:
+    def _start_refused(self, run: Run, failure: Failure) -> None:
         # Its start could not be journaled, so it is not spawned: a restart
         # must never run a job twice. It is still queued, as the journal
         # says, unless its creation was refused too (then it never existed).
@@ -554,10 +534,7 @@ class JobManager(Service):
         if job is None:
             return
         if run.cancel_reason is not None:
-            outcome = Outcome(
-                State.CANCELLED, reason=run.cancel_reason, cancelled_by=run.cancelled_by
-            )
-            self._record_end(run.job_id, self.clock.seconds(), outcome)
+            self._record_end(run.job_id, self.clock.seconds(), run.cancelled_outcome)
             return
         log.warn(
             "job {job_id} stays queued: its start could not be journaled ({why})",
@@ -570,7 +547,7 @@ class JobManager(Service):
         self._backing_off = True
         self._schedule_pump(RETRY_SECONDS)
 
-    def _end(self, run: _Run, outcome: Outcome) -> None:
+    def _end(self, run: Run, outcome: Outcome) -> None:
         del self._running[run.job_id]
         self._queue.release(run.job_id)
         self._record_end(run.job_id, self.clock.seconds(), outcome)
@@ -622,69 +599,6 @@ class JobManager(Service):
             self._end_retries[job_id] = (self.clock.callLater(wait, self._record_end, *args), args)
 
         return durable.addErrback(refused)
-
-    def _time_out(self, run: _Run) -> None:
-        run.timeout_call = None
-        run.timed_out = True
-        log.info("job {job_id} timed out", job_id=run.job_id)
-        self._terminate(run)
-
-    def _terminate(self, run: _Run) -> None:
-        if run.execution is None or run.kill_call is not None or run.exit is not None:
-            # Not spawned yet (_spawn sees the cancel reason and does not
-            # spawn), already being killed, or already ended: its pid may be
-            # reused, so it must not be signalled again.
-            return
-        run.execution.signal_group(signal.SIGTERM)
-        run.kill_call = self.clock.callLater(self.limits.kill_grace, self._kill, run)
-
-    def _kill(self, run: _Run) -> None:
-        log.info("job {job_id} ignored SIGTERM; sending SIGKILL", job_id=run.job_id)
-        assert run.execution is not None
-        run.execution.signal_group(signal.SIGKILL)
-
-    async def _finish(self, exit: ProcessExit, run: _Run) -> None:
-        run.exit = exit
-        for call in (run.timeout_call, run.kill_call):
-            if call is not None and call.active():
-                call.cancel()
-        assert run.stdout is not None and run.stderr is not None
-        # The outcome is decided now, by what happened before the process ended.
-        state = final_state(
-            exit_code=exit.exit_code,
-            signal=exit.signal,
-            cancelled=run.cancel_reason is not None,
-            timed_out=run.timed_out,
-        )
-        reason = run.cancel_reason or exit.failure
-        if exit.not_executed is not None:
-            state, reason = State.NOT_EXECUTED, exit.not_executed
-        # The result is visible only once its output is in the files.
-        await run.stdout.close()
-        await run.stderr.close()
-        if run.timed_out and reason is None:
-            reason = "timed out"
-        self._end(
-            run,
-            Outcome(
-                state=state,
-                exit_code=exit.exit_code,
-                signal=exit.signal,
-                reason=reason,
-                stdout_bytes=run.stdout.total,
-                stderr_bytes=run.stderr.total,
-                stdout_truncated=run.stdout.truncated,
-                stderr_truncated=run.stderr.truncated,
-                cancelled_by=run.cancelled_by,
-                output_error=run.stdout.error or run.stderr.error,
-            ),
-        )
-
-    def _process_ended(self, exit: ProcessExit, run: _Run) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._finish(exit, run))
-
-    def _end_failed(self, failure: Failure, run: _Run) -> None:
-        log.failure("recording the end of job {job_id} failed", failure, job_id=run.job_id)
 
 
 def _new_waiter(registry: dict[int, list[Deferred[T]]], job_id: int) -> Deferred[T]:

@@ -119,7 +119,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML config file."],
         ["data-dir", "d", None, "Data directory [default: ./cmdd-data]."],
-        ["max-running", None, None, "Jobs running at once [default: 4 x CPUs]."],
+        ["max-running", None, None, "Jobs running at once [default: 4 x CPUs, at least 64]."],
         ["max-queued", None, None, "Jobs waiting before POST answers 503 [default: 10000]."],
         ["max-scheduled", None, None, "Jobs waiting for their run_at [default: 100000]."],
         ["max-schedules", None, None, "Recurring schedules [default: 10000]."],

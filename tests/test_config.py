@@ -25,7 +25,7 @@ def test_defaults_are_safe() -> None:
     assert settings.listen == (DEFAULT_LISTEN,)
     assert settings.data_dir == os.path.abspath("cmdd-data")
     assert settings.max_output_bytes == 16 * 1024 * 1024
-    assert settings.max_running == 4 * (os.cpu_count() or 1)
+    assert settings.max_running == max(64, 4 * (os.cpu_count() or 1))
     assert settings.default_timeout is None
 
 
