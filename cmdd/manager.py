@@ -32,6 +32,7 @@ from cmdd.jobs import (
     Started,
     State,
 )
+from cmdd.limits import Limits as Limits
 from cmdd.runner import IExecutor
 from cmdd.slots import SlotQueue
 from cmdd.spec import JobSpec
@@ -45,21 +46,6 @@ T = TypeVar("T")
 #: (doubling up to L{RETRY_MAX_SECONDS}).
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
-
-
-@attrs.define
-class Limits:
-    """Operator-set limits for running jobs."""
-
-    max_running: int = 8
-    max_queued: int = 10_000
-    #: Jobs waiting for their C{run_at} (they hold no queue place until then).
-    max_scheduled: int = 100_000
-    max_output_bytes: int = 16 * 1024 * 1024
-    default_timeout: float | None = None
-    kill_grace: float = 5.0
-    #: Seconds a stop waits for running jobs to finish before ending them.
-    stop_grace: float = 30.0
 
 
 class JobManager(Service):

@@ -15,7 +15,7 @@ import attrs
 from twisted.logger import Logger
 
 from cmdd.config import ConfigError, Settings
-from cmdd.manager import Limits
+from cmdd.limits import Limits
 from cmdd.web import set_site_limits
 
 log = Logger()

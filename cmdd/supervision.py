@@ -25,7 +25,7 @@ from cmdd.runner import IExecution, IExecutor, ProcessExit, SpawnError
 from cmdd.spool import IOWorker, OutputSpool, output_path
 
 if TYPE_CHECKING:
-    from cmdd.manager import Limits
+    from cmdd.limits import Limits
 
 log = Logger()
 
@@ -66,7 +66,7 @@ class Supervisor:
     @type output_dir: L{str}
     @param limits: returns the limits in force now (C{kill_grace} and
         C{max_output_bytes} are read when used, so a reload applies).
-    @type limits: callable returning L{cmdd.manager.Limits}
+    @type limits: callable returning L{cmdd.limits.Limits}
     @param on_output: called with a job id when more of its output is in
         its files.
     @type on_output: callable taking an L{int}
