@@ -56,6 +56,9 @@ class TlsDaemon:
                 self.token = (self.data_dir / "admin.token").read_text().strip()
                 return
             time.sleep(0.05)
+        # Not a daemon the caller can stop: leave nothing running behind.
+        self.process.kill()
+        self.process.wait()
         raise AssertionError("daemon did not start: " + self.log_path.read_text())
 
     @property
