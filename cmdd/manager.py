@@ -103,7 +103,6 @@ class JobManager(Service):
         #: Journal ends refused and waiting to be tried again, by job id.
         self._end_retries: dict[int, tuple[IDelayedCall, tuple[Any, ...]]] = {}
         self._backing_off = False
-        self.submitted_total = 0
         #: The host jobs run on, recorded with each start (the composition root sets it).
         self.host: str | None = None
         self.store.add_listener(self._job_changed)
@@ -221,7 +220,6 @@ class JobManager(Service):
             )
         )
         assert job is not None
-        self.submitted_total += 1
         if not scheduled:
             # Queued at once: its start is journaled after its creation, and
             # the process is spawned only once that start is durable. If the
