@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -20,19 +19,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemons import wait_listening
+
+from cmdd.tls import fingerprint
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-#: In the text log and in the JSON-lines log.
-PORT_LINE = re.compile(rb"JsonSite \(TLS\) starting on (\d+)")
-FINGERPRINT_LINE = re.compile(rb'(?:SHA-256 fingerprint |"fingerprint": ")([0-9A-F:]{95})')
 #: Passwords and tokens the tests handed to the daemon: never in its log.
 SECRETS: list[str] = []
 
 
 class TlsDaemon:
-    """`twistd cmdd` on ssl:0 (no port race): port and fingerprint from its log."""
+    """`twistd cmdd` on ssl:0 (no port race): the port from listening.json, the
+    certificate's fingerprint as the daemon logs it."""
 
     def __init__(self, root: Path, twistd_args: tuple[str, ...] = ()) -> None:
         self.data_dir = root / "data"
@@ -45,21 +45,17 @@ class TlsDaemon:
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            text = self.log_path.read_bytes()
-            port, fingerprint = PORT_LINE.search(text), FINGERPRINT_LINE.search(text)
-            if port and fingerprint and b"serving on" in text:
-                self.port = int(port.group(1))
-                self.fingerprint = fingerprint.group(1).decode()
-                self.token = (self.data_dir / "admin.token").read_text().strip()
-                return
-            time.sleep(0.05)
-        # Not a daemon the caller can stop: leave nothing running behind.
-        self.process.kill()
-        self.process.wait()
-        raise AssertionError("daemon did not start: " + self.log_path.read_text())
+        try:
+            (self.port,) = wait_listening(self.process, self.data_dir, self.log_path)
+        except AssertionError:
+            # Not a daemon the caller can stop: leave nothing running behind.
+            self.process.kill()
+            self.process.wait()
+            raise
+        self.fingerprint = fingerprint((self.data_dir / "tls" / "cert.pem").read_bytes())
+        # What a user pins is what the daemon logs (text or JSON lines alike).
+        assert self.fingerprint in self.log_path.read_text()
+        self.token = (self.data_dir / "admin.token").read_text().strip()
 
     @property
     def url(self) -> str:
