@@ -6,20 +6,17 @@ C{fields=}) and the OpenAPI description can be read side by side.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from cmdd.jobs import LEGACY_NAMES, Job, outcome_to_json
 from cmdd.statushistory import status_history
+from cmdd.timefmt import format_rfc3339
 from cmdd.tokens import Token
 
 
 def rfc3339(timestamp: float | None) -> str | None:
     """UTC timestamp with milliseconds, e.g. C{2026-11-22T11:01:24.123Z}."""
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if timestamp is None else format_rfc3339(timestamp)
 
 
 def links(job_id: int) -> dict[str, str]:
