@@ -301,10 +301,11 @@ async def _follow(client: Client, job_id: int) -> dict[str, Any]:
     end: dict[str, Any] = {}
 
     def deliver(event: str, data: str) -> None:
+        # Output events carry their text as a JSON string (CR and all).
         if event == "stdout":
-            _write(sys.stdout, data)
+            _write(sys.stdout, json.loads(data))
         elif event == "stderr":
-            _write(sys.stderr, data)
+            _write(sys.stderr, json.loads(data))
         elif event == "end":
             end.update(json.loads(data))
 

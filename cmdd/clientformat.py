@@ -5,6 +5,7 @@ tables, and a Server-Sent Events parser. No I/O.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -75,11 +76,16 @@ def exit_status(end: dict[str, Any]) -> int:
     return CMDD_FAILED
 
 
+#: An SSE line end: CRLF, or a lone CR or LF.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 class EventStream:
     """Incremental Server-Sent Events parser: feed bytes, get (event, data).
 
-    Lines end with C{\\n} only: cmdd writes every job output line as its own
-    C{data:} line, and a C{\\r} in a job's output is data, not a line end.
+    Lines end with CR, LF or CRLF, as the SSE format says (a CRLF split
+    across two chunks is one line end). cmdd sends output chunks as JSON
+    strings, so a C{\\r} in a job's output is never a line end on the wire.
     """
 
     def __init__(self, deliver: Callable[[str, str], None]) -> None:
@@ -87,10 +93,17 @@ class EventStream:
         self._buffer = b""
         self._event = "message"
         self._data: list[str] = []
+        #: The last chunk ended in CR: an LF starting the next one is its pair.
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> None:
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = False
         self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
+        *lines, self._buffer = _LINE_END.split(self._buffer)
+        if self._buffer == b"" and lines and chunk.endswith(b"\r"):
+            self._after_cr = True
         for raw in lines:
             self._line(raw.decode("utf-8", "replace"))
 

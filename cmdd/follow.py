@@ -91,12 +91,20 @@ class Flow:
             await waiter
 
 
-def sse_event(event: str, text: str) -> bytes:
-    """One Server-Sent Event; each line of C{text} is a C{data:} line."""
-    lines = text.split("\n")
-    return (f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode(
-        "utf-8"
-    )
+def sse_event(event: str, data: str) -> bytes:
+    """One Server-Sent Event with C{data} as its one C{data:} line.
+
+    C{data} must hold no line end: the SSE format ends a line at CR, LF or
+    CRLF, so a raw C{\\r} in job output would cut the event for a browser.
+    """
+    assert not any(end in data for end in "\r\n"), "SSE data must be one line"
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+def sse_text(event: str, text: str) -> bytes:
+    """An output event: C{text} as one JSON string, so every byte of it
+    (CR, LF, other control characters) survives any conforming SSE parser."""
+    return sse_event(event, json.dumps(text, ensure_ascii=False))
 
 
 async def follow(
@@ -115,8 +123,9 @@ async def follow(
     went away).
 
     Raw bytes follow one stream. As Server-Sent Events several streams share
-    one connection, each chunk an event named after its stream, in the order
-    it was read, then one C{end} event with the job's outcome.
+    one connection, each chunk an event named after its stream whose data is
+    the text as a JSON string, in the order it was read, then one C{end}
+    event with the job's outcome (a JSON object).
     """
     assert sse or len(streams) == 1, "raw output follows one stream"
     flow = Flow()
@@ -140,7 +149,7 @@ async def follow(
                 wrote = True
                 full = full or len(chunk) == CHUNK
                 text = decoders[name].decode(chunk)
-                request.write(sse_event(name, text) if sse else chunk)
+                request.write(sse_text(name, text) if sse else chunk)
                 await flow.drained()
                 if flow.stopped:
                     break
@@ -161,7 +170,7 @@ async def follow(
             for name, _ in streams:
                 tail = decoders[name].decode(b"", final=True)
                 if tail:
-                    request.write(sse_event(name, tail))
+                    request.write(sse_text(name, tail))
             end = json.dumps(_end(current(job_id), job_id), ensure_ascii=False)
             request.write(sse_event("end", end))
     finally:

@@ -432,14 +432,38 @@ def test_server_sent_events(client: Client) -> None:
     assert headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
     text = body.decode()
     events = [block for block in text.split("\n\n") if block]
-    # EventSource joins an event's data lines with newlines.
+    # Each output event's data is one line: the text as a JSON string.
     stdout_events = [e for e in events if e.startswith("event: stdout")]
     assert len(stdout_events) == 2, "two reads, the character split between them"
-    data = "".join("\n".join(line[6:] for line in e.split("\n")[1:]) for e in stdout_events)
+    data = "".join(json.loads(e.split("\n")[1].removeprefix("data: ")) for e in stdout_events)
     assert data == "привет\n"
     assert events[-1].startswith("event: end\ndata: ")
     end = json.loads(events[-1].split("data: ", 1)[1])
     assert end["state"] == "failed" and end["exit_code"] == 4
+
+
+def test_server_sent_events_keep_carriage_returns(client: Client) -> None:
+    """Output with CR, CRLF and LF line ends (a progress bar) reaches a
+    browser-conforming SSE parser whole: no event is cut at a CR."""
+    from cmdd.clientformat import EventStream
+
+    client.json("POST", "/api/jobs", {"command": "progress"})
+    client.clock.advance(0)
+    execution = client.executor.by_job(1)
+    results = _stream(client, "/api/jobs/1/output", {"Accept": "text/event-stream"})
+    output = "10%\r50%\r100%\r\ndone\n\rdata: forged\n\n"
+    execution.stdout.write(output.encode())
+    client.clock.advance(0.1)
+    client.treq.flush()
+    execution.finish(0)
+    client.clock.advance(0.1)
+    client.treq.flush()
+    _code, body, _headers = results[0]
+    events: list[tuple[str, str]] = []
+    EventStream(lambda event, data: events.append((event, data))).feed(body)
+    assert [name for name, _ in events] == ["stdout", "end"]
+    assert json.loads(events[0][1]) == output
+    assert json.loads(events[1][1])["state"] == "succeeded"
 
 
 def test_range_requests_on_output(client: Client) -> None:

@@ -83,9 +83,11 @@ def test_exit_status_follows_docker_run(end: dict[str, object], status: int) -> 
 
 
 def test_event_stream_survives_any_chunking() -> None:
+    """The client's SSE parser ends lines at CR, LF and CRLF (also split
+    across chunks), as browsers do, whatever the chunking."""
     wire = (
         b"event: stdout\ndata: one\ndata: two\ndata: \n\n: comment\n\n"
-        b"event: stderr\ndata: \xd0\xbf\xd1\x80\xd0\xb8\rx\n\n"
+        b"event: stderr\r\ndata: \xd0\xbf\xd1\x80\xd0\xb8\rdata: x\r\r"
         b'event: end\ndata: {"state":"succeeded"}\n\n'
     )
     for size in (1, 2, 3, 7, len(wire)):
@@ -94,7 +96,7 @@ def test_event_stream_survives_any_chunking() -> None:
         for start in range(0, len(wire), size):
             parser.feed(wire[start : start + size])
         assert events == [
-            ("stdout", "one\ntwo\n"), ("stderr", "при\rx"), ("end", '{"state":"succeeded"}'),
+            ("stdout", "one\ntwo\n"), ("stderr", "при\nx"), ("end", '{"state":"succeeded"}'),
         ]  # fmt: skip
         assert json.loads(events[-1][1]) == {"state": "succeeded"}
 
