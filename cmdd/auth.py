@@ -1,6 +1,7 @@
 """Authentication: twisted.cred checkers and realm, throttling, and the gate.
 
-Every request but C{GET /healthz} passes L{AuthGate} before it reaches a
+Every request but C{GET /healthz}, C{/readyz} and the console's static
+files (C{/ui/}, L{cmdd.console}) passes L{AuthGate} before it reaches a
 route, so a route added later cannot forget to check: the gate, not each
 handler, decides. Bearer tokens work everywhere; HTTP Basic (user and
 password) only where a token is made, C{POST /api/tokens}. Password checks
@@ -28,6 +29,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import Attribute, implementer
 
+from cmdd.console import is_console_path
 from cmdd.errors import ClientError
 from cmdd.principal import IPrincipal
 from cmdd.throttle import FailureThrottle as FailureThrottle
@@ -274,9 +276,12 @@ class AuthGate(Resource):
         throttle: FailureThrottle,
         users: Users = dict,
         client_certificates: bool = False,
+        console: IResource | None = None,
     ) -> None:
         super().__init__()
         self._inner = inner
+        #: Serves C{/ui/} without a token; such a request never reaches C{inner}.
+        self._console = console
         self._portal = portal
         self._throttle = throttle
         self._users = users
@@ -288,6 +293,8 @@ class AuthGate(Resource):
     def render(self, request: IRequest) -> Any:
         if request.path in PUBLIC_PATHS:
             return self._inner.render(request)
+        if self._console is not None and is_console_path(request.path):
+            return self._console.render(request)
         d = Deferred.fromCoroutine(self._authenticate(request))
         d.addCallback(self._admit, request)
         # Also what _admit (the route's own rendering) raises: never an

@@ -40,6 +40,7 @@ from cmdd.config import (
     split_endpoint,
     with_certificate,
 )
+from cmdd.console import ConsoleResource
 from cmdd.history import History, Retention
 from cmdd.jobhost import StartupError, make_executor
 from cmdd.joblog import log_transition
@@ -352,6 +353,7 @@ class CmddService(MultiService):
             FailureThrottle(reactor),
             self.accounts.users,
             client_certificates=settings.client_ca is not None,
+            console=ConsoleResource(),
         )
         self.site = make_site(self.gate, settings.max_body_bytes, settings.idle_timeout)
         apply_site_limits(self.site, settings)

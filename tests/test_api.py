@@ -28,8 +28,11 @@ JSON = {"Content-Type": "application/json"}
 class Client:
     """A cmdd API served in memory, with a fake clock and fake processes."""
 
-    def __init__(self, tmp_path: Path, blocking: Any = None, **limits: Any) -> None:
-        """@param blocking: runs password checks (default: at once, inline)."""
+    def __init__(
+        self, tmp_path: Path, blocking: Any = None, console: Any = None, **limits: Any
+    ) -> None:
+        """@param blocking: runs password checks (default: at once, inline).
+        @param console: what the gate serves /ui/ with (default: nothing)."""
         from treq.testing import StubTreq
 
         self.clock = Clock()
@@ -49,7 +52,9 @@ class Client:
         portal = make_portal(
             self.accounts.users, self.accounts.book_view, self.clock, blocking or io.run
         )
-        self.gate = AuthGate(self.api.app.resource(), portal, FailureThrottle(self.clock))
+        self.gate = AuthGate(
+            self.api.app.resource(), portal, FailureThrottle(self.clock), console=console
+        )
         self.treq = StubTreq(self.gate)
         # Serve through cmdd's own request class, as the daemon does.
         site = make_site(self.gate, max_body=4096, idle_timeout=60)
