@@ -79,8 +79,13 @@
   function endSession(message) {
     saveSession(null);
     $("login-error").textContent = message || "";
-    location.hash = "#/login";
-    route();
+    go("#/login");
+  }
+
+  /** Show the view of a hash, also when the address already has it. */
+  function go(hash) {
+    if (location.hash === hash) route();
+    else location.hash = hash;
   }
 
   /** Basic credentials for UTF-8 user names and passwords. */
@@ -103,7 +108,7 @@
       });
       $("login-password").value = "";
       saveSession({ token: token.token, id: token.id, owner: token.owner });
-      location.hash = "#/jobs";
+      go("#/jobs");
     } catch (error) {
       $("login-error").textContent = error.status === 401
         ? "Wrong user name or password." : error.message;
@@ -120,7 +125,7 @@
       const first = (mine.tokens || [])[0];
       saveSession({ token: pasted, id: null, owner: first ? first.owner : "" });
       $("login-token").value = "";
-      location.hash = "#/jobs";
+      go("#/jobs");
     } catch (error) {
       if (!(error instanceof SessionEnded)) $("login-error").textContent = error.message;
       else $("login-error").textContent = "That token is invalid, expired or revoked.";
@@ -215,7 +220,7 @@
     if (job) showJob(job[1]);
     else if (hash === "#/submit") showSubmit();
     else if (hash === "#/schedules") showSchedules();
-    else if (hash === "#/login") location.hash = "#/jobs";
+    else if (hash === "#/login") go("#/jobs");
     else showJobs();
   }
 
@@ -575,7 +580,7 @@
     resetDelete();
     try {
       await api("DELETE", "/api/jobs/" + currentJob.id);
-      location.hash = "#/jobs";
+      go("#/jobs");
     } catch (error) {
       showError("job-error", error);
     }
@@ -634,7 +639,9 @@
     const cwd = $("submit-cwd").value;
     if (cwd) spec.working_directory = cwd;
     const timeout = $("submit-timeout").value.trim();
-    if (timeout) spec.timeout = /^[0-9]+(\.[0-9]+)?$/.test(timeout) ? Number(timeout) : timeout;
+    // A number goes as a number (the API says if it is out of range); other
+    // text as it is, for the API to name what is wrong.
+    if (timeout) spec.timeout = Number.isFinite(Number(timeout)) ? Number(timeout) : timeout;
     return spec;
   }
 
@@ -651,9 +658,13 @@
     $("submit-button").disabled = true;
     try {
       const job = await api("POST", "/api/jobs", { body: buildSpec() });
+      $("submit-form").reset();
       location.hash = "#/jobs/" + job.id;
     } catch (error) {
-      if (!(error instanceof SessionEnded)) fieldSlot(error.field).textContent = error.message;
+      if (!(error instanceof SessionEnded)) {
+        fieldSlot(error.field).textContent = error.message;
+        $("submit-form").querySelector("[data-field]:not(:empty)").scrollIntoView({ block: "nearest" });
+      }
     } finally {
       $("submit-button").disabled = false;
     }
