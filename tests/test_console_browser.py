@@ -33,6 +33,8 @@ PASSWORD = "console-pass-Zq8"
 IMG_PROBE = "<img src=x onerror=alert(1)>"
 #: An OSC 8 hyperlink to javascript: (terminals make it a link; we drop it).
 OSC_PROBE = "\x1b]8;;javascript:alert(1)\x1b\\x\x1b]8;;\x1b\\"
+#: A progress bar in colour: CRs redraw the line, SGR escapes are dropped.
+COLOURED_PROGRESS = "\x1b[1;32m10%\r50%\r100%\x1b[0m done"
 #: A flag that stays "unset" unless something calls alert().
 TRAP = "window.__xss = 'unset'; window.alert = () => { window.__xss = 'alert'; };"
 
@@ -265,11 +267,13 @@ def test_revoked_token_returns_to_login(
 def test_xss_probes_are_shown_as_text(browser: WebDriver, daemon: TlsDaemon, api: Api) -> None:
     """A job whose command, labels and output hold HTML and a terminal
     hyperlink to javascript: shows them as text: no element is made, no
-    script runs, no link appears."""
+    script runs, no link appears. Colour escapes are stripped and a CR
+    redraws the line, as in a terminal."""
     shell = (
-        f": '{OSC_PROBE}'; printf '%s\\n' '{IMG_PROBE}' \"$OSC\"; printf '%s' \"$OSC\" >&2"
+        f": '{OSC_PROBE}'; printf '%s\\n' '{IMG_PROBE}' \"$OSC\" \"$BAR\"; printf '%s' \"$OSC\" >&2"
     )
-    spec = {"command": shell, "labels": {"probe": IMG_PROBE}, "environment": {"OSC": OSC_PROBE}}
+    environment = {"OSC": OSC_PROBE, "BAR": COLOURED_PROGRESS}
+    spec = {"command": shell, "labels": {"probe": IMG_PROBE}, "environment": environment}
     code, job = api.call("POST", "/api/jobs", "Bearer " + alice_token(api), spec)
     assert code == 202
     log_in(browser, daemon)
@@ -280,7 +284,7 @@ def test_xss_probes_are_shown_as_text(browser: WebDriver, daemon: TlsDaemon, api
     wait(browser, lambda d: job_state(d) == "succeeded")
     wait(browser, lambda d: "x" in text_of(d, "job-stderr"))
     stdout = text_of(browser, "job-stdout")
-    assert stdout.splitlines() == [IMG_PROBE, "x"], stdout
+    assert stdout.splitlines() == [IMG_PROBE, "x", "100% done"], stdout
     assert text_of(browser, "job-stderr") == "x"
     assert f"probe={IMG_PROBE}" in text_of(browser, "job-spec")
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
@@ -288,3 +292,55 @@ def test_xss_probes_are_shown_as_text(browser: WebDriver, daemon: TlsDaemon, api
     assert browser.execute_script("return window.__xss") == "unset"
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.accept()
+
+
+def test_pages_never_skip_or_repeat_and_schedules_show(
+    browser: WebDriver, daemon: TlsDaemon, api: Api
+) -> None:
+    """Older/Newer walk the API's cursors: every job once, newest first, also
+    while new jobs arrive; the schedules page lists the user's schedules;
+    Log out revokes the console's token."""
+    token = "Bearer " + alice_token(api)
+    for n in range(23):
+        assert api.call("POST", "/api/jobs", token, {"command_line": ["true", str(n)]})[0] == 202
+    log_in(browser, daemon)
+
+    def ids() -> list[int]:
+        # In one script: the live list replaces its rows every few seconds.
+        script = "return [...document.querySelectorAll('#jobs-body tr')].map(r => +r.dataset.jobId)"
+        return list(browser.execute_script(script))
+
+    wait(browser, lambda d: len(ids()) == 20)
+    first = ids()
+    # A newcomer shows up on the first page by itself (the list is live).
+    _code, job = api.call("POST", "/api/jobs", token, {"command": "true"})
+    wait(browser, lambda d: ids()[0] == job["id"], message="the list did not update")
+    seen = ids()
+    assert seen == [job["id"], *first[:19]]
+    _code, listed = api.call("GET", "/api/jobs?limit=1000", token)
+    everything = [listed_job["id"] for listed_job in listed["jobs"]]
+    while not browser.find_element(By.ID, "page-older").get_attribute("disabled"):
+        page = browser.find_element(By.ID, "page-number").text
+        browser.find_element(By.ID, "page-older").click()
+        wait(browser, lambda d, page=page: text_of(d, "page-number") != page)
+        wait(browser, lambda d, seen=seen: bool(ids()) and ids()[0] not in seen)
+        seen = seen + ids()
+    assert seen == everything, "every job once, newest first"
+    last = (len(everything) - 1) // 20
+    assert last >= 1 and text_of(browser, "page-number") == f"page {last + 1}"
+    browser.find_element(By.ID, "page-newer").click()
+    wait(browser, lambda d: ids() == everything[20 * (last - 1) : 20 * last])
+
+    schedule = {"cron": "0 3 * * *", "timezone": "Europe/Berlin",
+                "job": {"command": f"backup {IMG_PROBE}"}}  # fmt: skip
+    assert api.call("POST", "/api/schedules", token, schedule)[0] == 201
+    browser.find_element(By.ID, "nav-schedules").click()
+    wait(browser, lambda d: "0 3 * * *" in text_of(d, "schedules-body"))
+    assert f"backup {IMG_PROBE}" in text_of(browser, "schedules-body")
+    assert "Europe/Berlin" in text_of(browser, "schedules-body")
+
+    session = json.loads(browser.execute_script("return sessionStorage.getItem('cmdd.session')"))
+    browser.find_element(By.ID, "logout").click()
+    wait(browser, lambda d: d.find_element(By.ID, "login-view").is_displayed())
+    console_token = "Bearer " + session["token"]
+    assert api.call("GET", "/api/jobs", console_token)[0] == 401, "logging out revokes it"

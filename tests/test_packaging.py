@@ -99,11 +99,15 @@ def test_wheel_ships_the_plugin_and_no_twisted_init(wheel: zipfile.ZipFile) -> N
 
 @pytest.mark.integration
 def test_wheel_ships_every_module_and_the_console_script(wheel: zipfile.ZipFile) -> None:
-    """Every cmdd module, py.typed and the `cmdd` console script are in the wheel."""
+    """Every cmdd module, py.typed, the web console's files and the `cmdd`
+    console script are in the wheel."""
     names = set(wheel.namelist())
     modules = {f"cmdd/{path.name}" for path in (ROOT / "cmdd").glob("*.py")}
     assert modules <= names, sorted(modules - names)
     assert "cmdd/py.typed" in names
+    # The web console's files, which cmdd.console reads as package data.
+    console = {f"cmdd/ui/{path.name}" for path in (ROOT / "cmdd" / "ui").iterdir()}
+    assert {"cmdd/ui/index.html", "cmdd/ui/app.js", "cmdd/ui/app.css"} <= console <= names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert re.search(r"^cmdd\s*=\s*cmdd\.cli:main$", wheel.read(entry_points).decode(), re.M)
 
@@ -193,6 +197,12 @@ def test_fresh_venv_install_makes_twistd_list_cmdd(tmp_path: Path, install: list
         cwd=tmp_path,
         env=environment,
     ).stdout.split()
+    console = run(
+        [str(venv / "bin" / "python"), "-c",
+         "from cmdd.console import load_assets; print(' '.join(sorted(load_assets())))"],
+        60, cwd=tmp_path, env=environment,
+    ).stdout.split()  # fmt: skip
+    assert {"app.css", "app.js", "index.html"} <= set(console), "the console's files"
     installed_from_source = Path(site[0]).resolve().is_relative_to(source.resolve())
     assert installed_from_source == ("-e" in install)
     twisted_own_init = Path(site[1])

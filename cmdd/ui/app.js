@@ -347,7 +347,7 @@
       this.done.appendData(committed);
       this.line.data = line;
       this.shown += committed.length;
-      if (this.shown > MAX_SHOWN) {
+      if (this.shown + line.length > MAX_SHOWN) {
         this.full = true;
         this.notice(`Showing the first ${MAX_SHOWN} characters; download the raw bytes for all of it.`);
       }
