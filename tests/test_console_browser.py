@@ -138,7 +138,16 @@ def wait(driver: WebDriver, condition: Any, timeout: float = 10, message: str = 
 
 
 def text_of(driver: WebDriver, element_id: str) -> str:
-    return str(driver.find_element(By.ID, element_id).text)
+    """What an element shows, read in one script (live views replace rows)."""
+    return shown(driver, "#" + element_id)
+
+
+def shown(driver: WebDriver, selector: str) -> str:
+    """The rendered text of the first element matching a CSS selector ("" if none)."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
+    )
+    return str(text).strip()
 
 
 def log_in(driver: WebDriver, daemon: TlsDaemon) -> None:
@@ -165,7 +174,7 @@ def alice_token(api: Api) -> str:
 
 
 def job_state(driver: WebDriver) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, "#job-title .state").text)
+    return shown(driver, "#job-title .state")
 
 
 def submit_form(driver: WebDriver, daemon: TlsDaemon, command: str, **fields: str) -> None:
@@ -219,13 +228,25 @@ def test_log_in_submit_and_watch_output_live(
         assert api.call("POST", "/api/jobs", token, spec)[0] == 202
     browser.get(daemon.url + "/ui/#/jobs")
     wait(browser, lambda d: "sleep 2" in text_of(d, "jobs-body"))
-    row = browser.find_element(By.CSS_SELECTOR, "#jobs-body tr[data-job-id='1']")
-    assert "failed" in row.text and "alice" in row.text and row.text.endswith("3")
-    newest = browser.find_element(By.CSS_SELECTOR, "#jobs-body tr")
-    assert "sleep 2" in newest.text, "newest first"
+    row = shown(browser, "#jobs-body tr[data-job-id='1']")
+    assert "failed" in row and "alice" in row and row.endswith("3")
+    assert "sleep 2" in shown(browser, "#jobs-body tr"), "newest first"
     browser.save_screenshot(str(DOCS / "console-jobs.png"))
     # The list follows the job without a reload.
-    wait(browser, lambda d: "succeeded" in d.find_element(By.CSS_SELECTOR, "#jobs-body tr").text)
+    wait(browser, lambda d: "succeeded" in shown(d, "#jobs-body tr"))
+    # The API's own filters: a label, then a state as well.
+    browser.find_element(By.ID, "filter-label").send_keys("team:ops")
+    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    wait(browser, lambda d: "make" not in text_of(d, "jobs-body"))
+    assert "nightly backup" in text_of(browser, "jobs-body")
+    browser.find_element(By.CSS_SELECTOR, "#filter-state option[value='']").click()
+    browser.find_element(By.CSS_SELECTOR, "#filter-state").send_keys("failed")
+    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    wait(browser, lambda d: d.find_element(By.ID, "jobs-empty").is_displayed())
+    browser.find_element(By.ID, "filter-label").clear()
+    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    wait(browser, lambda d: "make -C" in text_of(d, "jobs-body"))
+    assert "nightly backup" not in text_of(browser, "jobs-body")
     browser.set_window_size(390, 844)
     try:
         browser.save_screenshot(str(DOCS / "console-phone.png"))

@@ -12,6 +12,8 @@
   const MAX_SHOWN = 1 << 20;
   /** A login's token lives this long (seconds); "Log out" revokes it sooner. */
   const LOGIN_TOKEN_SECONDS = 12 * 3600;
+  /** What the list shows (the API trims the rest). */
+  const LIST_FIELDS = "id,state,owner,command,command_line,created,started,completed,exit_code";
   const FINAL = new Set(["succeeded", "failed", "not_executed", "cancelled", "lost"]);
 
   // --- session ------------------------------------------------------------
@@ -257,6 +259,7 @@
     if (owner) params.append("owner", owner);
     if (text) params.append("q", text);
     params.append("limit", String(PAGE_SIZE));
+    params.append("fields", LIST_FIELDS);
     if (cursors[page]) params.append("cursor", cursors[page]);
     return params;
   }
@@ -445,6 +448,8 @@
     }, (error) => {
       if (controller.signal.aborted || error instanceof SessionEnded) return;
       showError("job-error", error);
+      // A refusal (no such job, deleted, forbidden) will not change by retrying.
+      if (error instanceof ApiError && error.status >= 400 && error.status < 500) return;
       setTimeout(() => { if (!controller.signal.aborted) streamOutput(id, controller); }, REFRESH_MS);
     });
   }
