@@ -123,12 +123,27 @@ def browser(daemon: TlsDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iter
         f"--ignore-certificate-errors-spki-list={pin}",
     ):  # fmt: skip
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(20)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def no_script_errors(browser: WebDriver) -> Iterator[None]:
+    """No test leaves an uncaught script error or a CSP violation in the
+    browser's console (our own code must run under the strict policy)."""
+    browser.get_log("browser")  # drop what came before
+    yield
+    problems = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Uncaught" in entry["message"] or "Content Security Policy" in entry["message"]
+    ]
+    assert problems == []
 
 
 def wait(driver: WebDriver, condition: Any, timeout: float = 10, message: str = "") -> Any:

@@ -1,82 +1,23 @@
-// cmdd console: a page over the cmdd API. No framework, no build step.
+// cmdd console: the views (login, jobs, a job, submit, schedules) over the
+// cmdd API; api.js and output.js come first. No framework, no build step.
 // Every string from the API or the user reaches the page through
 // textContent / text nodes only, never as HTML.
 (() => {
   "use strict";
 
   const $ = (id) => document.getElementById(id);
-  const SESSION_KEY = "cmdd.session";
+  const {
+    ApiError, SessionEnded, api, basic, commandText, duration, el, pairs, saveSession, seconds,
+    stateBadge, when,
+  } = window.cmdd;
+  const { SseParser, Terminal } = window.cmddOutput;
   const PAGE_SIZE = 20;
   const REFRESH_MS = 2000;
-  /** Characters of output shown per stream; the rest: download the raw bytes. */
-  const MAX_SHOWN = 1 << 20;
   /** A login's token lives this long (seconds); "Log out" revokes it sooner. */
   const LOGIN_TOKEN_SECONDS = 12 * 3600;
   /** What the list shows (the API trims the rest). */
   const LIST_FIELDS = "id,state,owner,command,command_line,created,started,completed,exit_code";
   const FINAL = new Set(["succeeded", "failed", "not_executed", "cancelled", "lost"]);
-
-  // --- session ------------------------------------------------------------
-
-  /** {token, id, owner}: in sessionStorage (this tab only), never a cookie or URL. */
-  let session = readSession();
-
-  function readSession() {
-    try {
-      const value = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
-      return value && typeof value.token === "string" ? value : null;
-    } catch (_) {
-      return null;
-    }
-  }
-
-  function saveSession(value) {
-    session = value;
-    if (value) sessionStorage.setItem(SESSION_KEY, JSON.stringify(value));
-    else sessionStorage.removeItem(SESSION_KEY);
-  }
-
-  class ApiError extends Error {
-    constructor(status, body) {
-      const error = (body && body.error) || {};
-      super(error.message || `the server answered ${status}`);
-      this.status = status;
-      this.code = error.code || "";
-      this.field = error.field || null;
-    }
-  }
-
-  class SessionEnded extends Error {}
-
-  /** One API call; JSON in and out. A 401 for our token ends the session. */
-  async function api(method, path, options = {}) {
-    const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
-    const bearer = !headers.Authorization;
-    if (bearer) {
-      if (!session) throw new SessionEnded();
-      headers.Authorization = "Bearer " + session.token;
-    }
-    const init = { method, headers, credentials: "omit", cache: "no-store", signal: options.signal };
-    if (options.body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(options.body);
-    }
-    const response = await fetch(path, init);
-    if (response.status === 401 && bearer) {
-      endSession("Your session has ended: the token is invalid, expired or revoked. Log in again.");
-      throw new SessionEnded();
-    }
-    if (options.raw && response.ok) return response;
-    const text = await response.text();
-    let body = null;
-    try {
-      body = text ? JSON.parse(text) : null;
-    } catch (_) {
-      body = null;
-    }
-    if (!response.ok) throw new ApiError(response.status, body);
-    return body;
-  }
 
   function endSession(message) {
     saveSession(null);
@@ -88,14 +29,6 @@
   function go(hash) {
     if (location.hash === hash) route();
     else location.hash = hash;
-  }
-
-  /** Basic credentials for UTF-8 user names and passwords. */
-  function basic(user, password) {
-    const bytes = new TextEncoder().encode(user + ":" + password);
-    let binary = "";
-    bytes.forEach((b) => { binary += String.fromCharCode(b); });
-    return "Basic " + btoa(binary);
   }
 
   async function logIn(event) {
@@ -135,59 +68,12 @@
   }
 
   async function logOut() {
-    const ending = session;
+    const ending = window.cmdd.currentSession();
     if (ending && ending.id) {
       // Revoke the token this page made; a pasted one is the user's to keep.
       try { await api("DELETE", "/api/tokens/" + encodeURIComponent(ending.id)); } catch (_) { /* gone already */ }
     }
     endSession("");
-  }
-
-  // --- helpers ------------------------------------------------------------
-
-  function el(tag, text, className) {
-    const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    if (className) node.className = className;
-    return node;
-  }
-
-  function stateBadge(state) {
-    return el("span", state, "state state-" + String(state).replace(/[^a-z_]/g, ""));
-  }
-
-  function when(text) {
-    if (!text) return "";
-    const date = new Date(text);
-    return isNaN(date) ? String(text) : date.toLocaleString();
-  }
-
-  function seconds(value) {
-    if (value === null || value === undefined || isNaN(value)) return "";
-    if (value < 60) return value.toFixed(1) + " s";
-    const minutes = Math.floor(value / 60);
-    if (minutes < 60) return `${minutes} min ${Math.round(value % 60)} s`;
-    return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
-  }
-
-  function duration(job) {
-    if (!job.started) return "";
-    const end = job.completed ? new Date(job.completed) : new Date();
-    return seconds((end - new Date(job.started)) / 1000);
-  }
-
-  function commandText(spec) {
-    if (typeof spec.command === "string") return spec.command;
-    if (Array.isArray(spec.command_line)) return spec.command_line.map(quote).join(" ");
-    return "";
-  }
-
-  function quote(word) {
-    return /^[A-Za-z0-9_\/.,:=@%+-]+$/.test(word) ? word : "'" + word.replace(/'/g, "'\\''") + "'";
-  }
-
-  function pairs(object, separator) {
-    return Object.entries(object || {}).map(([k, v]) => k + separator + v).join("\n");
   }
 
   function showError(id, error) {
@@ -206,6 +92,7 @@
     leave = () => {};
     VIEWS.forEach((name) => { $(name).hidden = name !== view; });
     $("top").hidden = view === "login-view";
+    const session = window.cmdd.currentSession();
     $("who").textContent = session && session.owner ? "signed in as " + session.owner : "";
     ["jobs", "submit", "schedules"].forEach((name) => {
       $("nav-" + name).classList.toggle("current", view.startsWith(name));
@@ -214,7 +101,7 @@
 
   function route() {
     const hash = location.hash || "#/jobs";
-    if (!session) {
+    if (!window.cmdd.currentSession()) {
       show("login-view");
       return;
     }
@@ -304,107 +191,6 @@
   }
 
   // --- one job --------------------------------------------------------------
-
-  /** A <pre> fed like a terminal: CR starts the line over, escapes are dropped. */
-  class Terminal {
-    constructor(pre, note) {
-      this.pre = pre;
-      this.note = note;
-      this.done = document.createTextNode("");
-      this.line = document.createTextNode("");
-      pre.replaceChildren(this.done, this.line);
-      note.hidden = true;
-      note.textContent = "";
-      this.pending = "";
-      this.shown = 0;
-      this.full = false;
-    }
-
-    write(text) {
-      if (this.full) return;
-      text = this.pending + text;
-      this.pending = "";
-      text = stripEscapes(text);
-      const escape = text.lastIndexOf("\x1b");
-      if (escape !== -1) {
-        // An escape sequence split between two events: wait for its end.
-        if (text.length - escape < 256) this.pending = text.slice(escape);
-        text = text.slice(0, escape) + (this.pending ? "" : text.slice(escape + 1));
-      }
-      if (text.endsWith("\r")) {
-        this.pending = "\r" + this.pending;
-        text = text.slice(0, -1);
-      }
-      text = text.replace(/\r\n/g, "\n").replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]/g, "");
-      const lines = text.split("\n");
-      let line = this.line.data;
-      let committed = "";
-      lines.forEach((part, index) => {
-        const overwritten = part.split("\r");
-        line = overwritten.length > 1 ? overwritten[overwritten.length - 1] : line + part;
-        if (index < lines.length - 1) {
-          committed += line + "\n";
-          line = "";
-        }
-      });
-      this.done.appendData(committed);
-      this.line.data = line;
-      this.shown += committed.length;
-      if (this.shown + line.length > MAX_SHOWN) {
-        this.full = true;
-        this.notice(`Showing the first ${MAX_SHOWN} characters; download the raw bytes for all of it.`);
-      }
-      this.pre.scrollTop = this.pre.scrollHeight;
-    }
-
-    notice(text) {
-      this.note.hidden = false;
-      this.note.textContent = this.note.textContent ? this.note.textContent + " " + text : text;
-    }
-  }
-
-  const ESCAPES = /\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -\/]*[@-~]|\x1b[()#][0-9A-Za-z]|\x1b[@-Z\\-_=>]/g;
-
-  function stripEscapes(text) {
-    return text.replace(ESCAPES, "");
-  }
-
-  /** Server-Sent Events from a fetch() body (EventSource cannot send a token). */
-  class SseParser {
-    constructor(deliver) {
-      this.deliver = deliver;
-      this.buffer = "";
-      this.event = "message";
-      this.data = [];
-    }
-
-    feed(text) {
-      this.buffer += text;
-      const lineEnd = /\r\n|\r(?!$)|\n/;
-      let match;
-      while ((match = lineEnd.exec(this.buffer))) {
-        const line = this.buffer.slice(0, match.index);
-        this.buffer = this.buffer.slice(match.index + match[0].length);
-        this.line(line);
-      }
-    }
-
-    line(line) {
-      if (line === "") {
-        if (this.data.length) this.deliver(this.event, this.data.join("\n"));
-        this.event = "message";
-        this.data = [];
-        return;
-      }
-      if (line.startsWith(":")) return;
-      const colon = line.indexOf(":");
-      const name = colon === -1 ? line : line.slice(0, colon);
-      let value = colon === -1 ? "" : line.slice(colon + 1);
-      if (value.startsWith(" ")) value = value.slice(1);
-      if (name === "event") this.event = value;
-      else if (name === "data") this.data.push(value);
-    }
-  }
 
   let currentJob = null;
 
@@ -715,6 +501,7 @@
   // --- wiring -------------------------------------------------------------
 
   function start() {
+    window.cmdd.onSessionEnded(endSession);
     $("login-form").addEventListener("submit", logIn);
     $("token-form").addEventListener("submit", useToken);
     $("logout").addEventListener("click", logOut);
