@@ -19,6 +19,11 @@ def client(tmp_path: Path) -> Client:
     return served
 
 
+def body_of(client: Client, path: str) -> str:
+    """The body of a GET, as text."""
+    return client.request("GET", path)[1].decode()
+
+
 def _security_headers_present(headers: object) -> None:
     get = headers.getRawHeaders  # type: ignore[attr-defined]
     assert get("content-security-policy") == [CONTENT_SECURITY_POLICY]
@@ -37,11 +42,18 @@ def test_console_is_served_without_a_token_with_strict_headers(client: Client) -
     policy = CONTENT_SECURITY_POLICY
     assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert "unsafe-inline" not in policy and "http" not in policy
-    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    kinds = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
+    assets = load_assets()
+    assert {"app.js", "api.js", "output.js", "app.css"} <= set(assets)
+    for name, asset in assets.items():
         response, body = client.request("GET", "/ui/" + name)
-        assert response.code == 200 and body == load_assets()[name].body
+        assert response.code == 200 and body == asset.body
+        kind = kinds[name.rpartition(".")[2]]
         assert response.headers.getRawHeaders("content-type") == [kind + "; charset=utf-8"]
         _security_headers_present(response.headers)
+    for script in re.findall(r'<script src="([^"]+)"', page := body_of(client, "/ui/")):
+        assert script in assets, f"{script} is not served"
+    assert re.findall(r'<link rel="stylesheet" href="([^"]+)"', page) == ["app.css"]
 
 
 def test_page_has_no_inline_code() -> None:
