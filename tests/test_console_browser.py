@@ -309,7 +309,10 @@ def test_xss_probes_are_shown_as_text(browser: WebDriver, daemon: TlsDaemon, api
         f": '{OSC_PROBE}'; printf '%s\\n' '{IMG_PROBE}' \"$OSC\" \"$BAR\"; printf '%s' \"$OSC\" >&2"
     )
     environment = {"OSC": OSC_PROBE, "BAR": COLOURED_PROGRESS}
-    spec = {"command": shell, "labels": {"probe": IMG_PROBE}, "environment": environment}
+    spec = {
+        "command": shell, "labels": {"probe": IMG_PROBE}, "environment": environment,
+        "webhooks": {"ended": "http://127.0.0.1:9/hook"},
+    }  # fmt: skip
     code, job = api.call("POST", "/api/jobs", "Bearer " + alice_token(api), spec)
     assert code == 202
     log_in(browser, daemon)
@@ -323,6 +326,9 @@ def test_xss_probes_are_shown_as_text(browser: WebDriver, daemon: TlsDaemon, api
     assert stdout.splitlines() == [IMG_PROBE, "x", "100% done"], stdout
     assert text_of(browser, "job-stderr") == "x"
     assert f"probe={IMG_PROBE}" in text_of(browser, "job-spec")
+    # Its webhook delivery (to a closed port) shows up with its attempts.
+    wait(browser, lambda d: "http://127.0.0.1:9/hook" in text_of(d, "deliveries-body"))
+    assert "ended" in text_of(browser, "deliveries-body")
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
     assert browser.find_elements(By.CSS_SELECTOR, "a[href^='javascript']") == []
     assert browser.execute_script("return window.__xss") == "unset"

@@ -250,6 +250,7 @@
       ["user", job.user],
       ["timeout", job.timeout === undefined || job.timeout === null ? "" : job.timeout + " s"],
       ["labels", pairs(job.labels, "=")],
+      ["webhooks", pairs(job.webhooks, " → ")],
       ["run at", job.run_at],
       ["schedule", job.schedule_id],
       ["concurrency key", job.concurrency_key],
