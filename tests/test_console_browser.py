@@ -386,3 +386,39 @@ def test_pages_never_skip_or_repeat_and_schedules_show(
     wait(browser, lambda d: d.find_element(By.ID, "login-view").is_displayed())
     console_token = "Bearer " + session["token"]
     assert api.call("GET", "/api/jobs", console_token)[0] == 401, "logging out revokes it"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/ui/%2e%2e/tokens.json", 404),
+        ("GET", "/ui/../api/jobs", 404),
+        ("GET", "/ui/..%2f..%2fetc%2fpasswd", 404),
+        ("POST", "/ui/", 405),
+        ("DELETE", "/ui/app.js", 405),
+        ("GET", "/ui", 308),
+    ],
+)
+def test_real_daemon_answers_console_errors_as_json(
+    api: Api, method: str, path: str, status: int
+) -> None:
+    """Through the real TLS listener, a bad /ui/ request (sent verbatim, not
+    normalised by a client) gets its status and a JSON error, with the
+    console's headers; HEAD of the page has its length and no body."""
+    import http.client
+
+    host, port = api.url.removeprefix("https://").split(":")
+    connection = http.client.HTTPSConnection(host, int(port), context=api.context, timeout=10)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        assert response.status == status and body["error"]["code"]
+        assert response.getheader("content-type") == "application/json; charset=utf-8"
+        assert "frame-ancestors 'none'" in (response.getheader("content-security-policy") or "")
+        connection.request("HEAD", "/ui/")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b""
+        assert int(response.getheader("content-length") or 0) > 0
+    finally:
+        connection.close()
