@@ -110,7 +110,9 @@ def api(daemon: TlsDaemon) -> Api:
 
 
 @pytest.fixture(scope="module")
-def browser(daemon: TlsDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+def browser(
+    daemon: TlsDaemon, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     pin = spki_pin((daemon.data_dir / "tls" / "cert.pem").read_bytes())
@@ -133,7 +135,7 @@ def browser(daemon: TlsDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(autouse=True)
-def no_script_errors(browser: WebDriver) -> Iterator[None]:
+def no_script_errors(browser: webdriver.Chrome) -> Iterator[None]:
     """No test leaves an uncaught script error or a CSP violation in the
     browser's console (our own code must run under the strict policy)."""
     browser.get_log("browser")  # drop what came before
