@@ -214,10 +214,11 @@ def test_log_in_submit_and_watch_output_live(
     # The token is in this tab's sessionStorage, never in the URL or a cookie.
     assert "cmdd_" not in browser.current_url and not browser.get_cookies()
     submit_form(
-        browser, daemon, "echo first; sleep 1.5; echo second >&2; exit 3",
+        browser, daemon, "echo first; sleep 3; echo second >&2; exit 3",
         env="GREETING=hello", labels="team=console",
     )  # fmt: skip
     wait(browser, lambda d: d.find_element(By.ID, "job-view").is_displayed())
+    # Live: the first line shows while the job sleeps (3 s) before the next.
     wait(browser, lambda d: "first" in text_of(d, "job-stdout"), message="no live output")
     assert job_state(browser) in ("queued", "running")
     assert "second" not in text_of(browser, "job-stderr"), "output before it was written"
@@ -278,7 +279,8 @@ def test_cancel_a_running_job(browser: WebDriver, daemon: TlsDaemon) -> None:
     log_in(browser, daemon)
     submit_form(browser, daemon, "echo started; sleep 60")
     wait(browser, lambda d: "started" in text_of(d, "job-stdout"))
-    assert job_state(browser) == "running"
+    # The badge follows the job's state within a refresh (2 s).
+    wait(browser, lambda d: job_state(d) == "running")
     browser.find_element(By.ID, "job-cancel").click()
     wait(browser, lambda d: job_state(d) == "cancelled", timeout=15, message="not cancelled")
     wait(browser, lambda d: not d.find_element(By.ID, "job-delete").get_attribute("disabled"))
