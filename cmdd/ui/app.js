@@ -308,6 +308,7 @@
     });
     $("deliveries-body").replaceChildren(...rows);
     $("deliveries-empty").hidden = rows.length > 0;
+    $("deliveries-table").parentElement.hidden = rows.length === 0;
   }
 
   async function refreshJob(id) {
