@@ -388,6 +388,7 @@ def test_pages_never_skip_or_repeat_and_schedules_show(
     session = json.loads(browser.execute_script("return sessionStorage.getItem('cmdd.session')"))
     browser.find_element(By.ID, "logout").click()
     wait(browser, lambda d: d.find_element(By.ID, "login-view").is_displayed())
+    assert api.call("GET", "/api/jobs?limit=1", "Bearer " + daemon.token)[0] == 200
     console_token = "Bearer " + session["token"]
     assert api.call("GET", "/api/jobs", console_token)[0] == 401, "logging out revokes it"
 
@@ -426,3 +427,29 @@ def test_real_daemon_answers_console_errors_as_json(
         assert int(response.getheader("content-length") or 0) > 0
     finally:
         connection.close()
+
+
+def test_paste_a_token_as_admin(browser: WebDriver, daemon: TlsDaemon, api: Api) -> None:
+    """A pasted token works like a login (an admin sees every user's jobs);
+    a bad one is refused on the login form; neither lands in the URL; Log
+    out leaves a pasted token alone (it is the user's, not the page's)."""
+    alice = "Bearer " + alice_token(api)
+    assert api.call("POST", "/api/jobs", alice, {"command": "echo from alice"})[0] == 202
+    browser.get(daemon.url + "/ui/#/login")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    wait(browser, lambda d: d.find_element(By.ID, "login-view").is_displayed())
+    browser.find_element(By.ID, "login-token").send_keys("cmdd_nope_" + "x" * 43)
+    browser.find_element(By.ID, "token-submit").click()
+    wait(browser, lambda d: "invalid" in text_of(d, "login-error"))
+    box = browser.find_element(By.ID, "login-token")
+    box.clear()
+    box.send_keys(daemon.token)
+    browser.find_element(By.ID, "token-submit").click()
+    wait(browser, lambda d: d.find_element(By.ID, "jobs-view").is_displayed())
+    wait(browser, lambda d: "alice" in text_of(d, "jobs-body"), message="admin sees alice's jobs")
+    assert "signed in as admin" in text_of(browser, "who")
+    assert daemon.token not in browser.current_url
+    browser.find_element(By.ID, "logout").click()
+    wait(browser, lambda d: d.find_element(By.ID, "login-view").is_displayed())
+    assert api.call("GET", "/api/jobs?limit=1", "Bearer " + daemon.token)[0] == 200
