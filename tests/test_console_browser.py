@@ -333,6 +333,21 @@ def test_xss_probes_are_shown_as_text(browser: WebDriver, daemon: TlsDaemon, api
     # Its webhook delivery (to a closed port) shows up with its attempts.
     wait(browser, lambda d: "http://127.0.0.1:9/hook" in text_of(d, "deliveries-body"))
     assert "ended" in text_of(browser, "deliveries-body")
+    # Download raw gives the exact bytes, escapes and all.
+    download = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const make = URL.createObjectURL;
+        const click = HTMLAnchorElement.prototype.click;
+        URL.createObjectURL = (blob) => { window.__blob = blob; return make(blob); };
+        HTMLAnchorElement.prototype.click = function () {
+          HTMLAnchorElement.prototype.click = click;
+          URL.createObjectURL = make;
+          window.__blob.text().then((text) => done([this.download, text]));
+        };
+        document.getElementById("download-stdout").click();
+    """)
+    raw = f"{IMG_PROBE}\n{OSC_PROBE}\n{COLOURED_PROGRESS}\n"
+    assert download == [f"job-{job['id']}.stdout", raw]
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
     assert browser.find_elements(By.CSS_SELECTOR, "a[href^='javascript']") == []
     assert browser.execute_script("return window.__xss") == "unset"
