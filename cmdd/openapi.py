@@ -360,7 +360,8 @@ def description() -> dict[str, Any]:
         },
         "/api/jobs/{job_id}/output": {
             "get": {
-                "summary": "both streams live as Server-Sent Events (stdout, stderr), "
+                "summary": "both streams live as Server-Sent Events (stdout, stderr; "
+                           "each one's data is the text as a JSON string), "
                            "then an end event with the outcome",
                 "parameters": [_ID],
                 "responses": {"200": {"description": "an event stream",
