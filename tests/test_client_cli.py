@@ -34,14 +34,17 @@ class TlsDaemon:
     """`twistd cmdd` on ssl:0 (no port race): the port from listening.json, the
     certificate's fingerprint as the daemon logs it."""
 
-    def __init__(self, root: Path, twistd_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, twistd_args: tuple[str, ...] = (), cmdd_args: tuple[str, ...] = ()
+    ) -> None:
+        """@param twistd_args: before C{cmdd}; @param cmdd_args: after its own options."""
         self.data_dir = root / "data"
         self.log_path = root / "daemon.log"
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", *twistd_args, "cmdd",
              "--data-dir", str(self.data_dir),
-             "--listen", "ssl:0:interface=127.0.0.1", "--kill-grace", "2"],
+             "--listen", "ssl:0:interface=127.0.0.1", "--kill-grace", "2", *cmdd_args],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()

@@ -89,7 +89,9 @@ class Api:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsDaemon]:
-    running = TlsDaemon(tmp_path_factory.mktemp("console"))
+    # A small output cap, so a test can show truncation cheaply.
+    cap = ("--max-output-bytes", "4096")
+    running = TlsDaemon(tmp_path_factory.mktemp("console"), cmdd_args=cap)
     try:
         subprocess.run(
             [str(BIN / "cmdd"), "user", "add", "alice", "--data-dir", str(running.data_dir),
@@ -468,3 +470,14 @@ def test_paste_a_token_as_admin(browser: WebDriver, daemon: TlsDaemon, api: Api)
     browser.find_element(By.ID, "logout").click()
     wait(browser, lambda d: d.find_element(By.ID, "login-view").is_displayed())
     assert api.call("GET", "/api/jobs?limit=1", "Bearer " + daemon.token)[0] == 200
+
+
+def test_truncated_output_is_said(browser: WebDriver, daemon: TlsDaemon) -> None:
+    """Output past the daemon's cap (4096 bytes here): the page shows what was
+    kept and says the rest was dropped, in the outcome too."""
+    log_in(browser, daemon)
+    submit_form(browser, daemon, "head -c 10000 /dev/zero | tr '\\0' a")
+    wait(browser, lambda d: "Truncated" in text_of(d, "stdout-note"), message="no note")
+    assert "10000 bytes" in text_of(browser, "stdout-note")
+    assert len(text_of(browser, "job-stdout")) == 4096
+    wait(browser, lambda d: "truncated\nstdout" in text_of(d, "job-outcome"))
