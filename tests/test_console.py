@@ -115,3 +115,16 @@ def test_api_still_needs_a_token(client: Client) -> None:
     code, body, _ = client.json("GET", "/api/jobs")
     assert code == 401 and body["error"]["code"]
     assert "jobs" not in body
+
+
+def test_scripts_never_parse_html() -> None:
+    """The console's scripts use no API that parses a string as HTML or code,
+    so job output and user strings can only ever be text."""
+    sinks = re.compile(
+        r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|DOMParser|eval\(|new Function"
+        r"|createContextualFragment|srcdoc|setAttribute\(\s*[\"']on"
+    )
+    scripts = {name: asset for name, asset in load_assets().items() if name.endswith(".js")}
+    assert len(scripts) >= 3
+    for name, asset in scripts.items():
+        assert not sinks.search(asset.body.decode()), f"{name} parses HTML or code"
