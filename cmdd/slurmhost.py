@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from typing import Any
 
 from cmdd.config import Settings
@@ -21,6 +22,18 @@ COMMANDS = ("sbatch", "squeue", "scancel", "scontrol")
 #: Slurm's commands' environment: nothing of the daemon's own but where
 #: Slurm's configuration is.
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The first directory above C{path} that others may not search, if any
+    (the job's user must reach its own directory inside C{path})."""
+    parent = os.path.dirname(path)
+    while True:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return parent
+        if parent == os.path.dirname(parent):
+            return None
+        parent = os.path.dirname(parent)
 
 
 def make_slurm_executor(
@@ -48,6 +61,12 @@ def make_slurm_executor(
         os.path.realpath(settings.data_dir) + os.sep
     ):
         raise StartupError("the Slurm shared_dir must not be inside the data directory")
+    closed = _closed_ancestor(shared)
+    if closed is not None:
+        raise StartupError(
+            f"the Slurm shared_dir {shared} is inside {closed}, which job users cannot "
+            "enter (it needs o+x); choose another shared_dir"
+        )
     wrapper = os.path.join(shared, "cmdd-wrapper")
     with open(wrapper + ".new", "w", encoding="utf-8") as out:
         out.write(WRAPPER)
