@@ -419,7 +419,8 @@ class JobManager(Service):
     def record_submitted(self, job_id: int, slurm_job_id: str) -> None:
         """Journal the id a cluster scheduler gave a running job (so a
         restart finds it); if refused, a restart finds it by name instead."""
-        if self.history.current(job_id) is None:
+        job = self.history.current(job_id)
+        if job is None or job.state is not State.RUNNING:
             return
         _, durable = self.history.record(Submitted(job_id, self.clock.seconds(), slurm_job_id))
         durable.addErrback(

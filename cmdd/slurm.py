@@ -153,6 +153,7 @@ class SlurmExecutor:
         self._poll = LoopingCall(self._poll_once)
         self._poll.clock = reactor
         self._polling = False
+        self._stopped = False
         #: Called with (cmdd job id, Slurm job id) once sbatch accepted a job.
         self.on_submitted: Callable[[int, str], None] = lambda job_id, slurm_id: None
         #: Why new jobs are refused now (the controller does not answer), or None.
@@ -247,7 +248,10 @@ class SlurmExecutor:
 
     def _track(self, execution: SlurmExecution) -> None:
         self._live[execution.job_id] = execution
-        if not self._poll.running:
+        self._start_polling()
+
+    def _start_polling(self) -> None:
+        if not self._poll.running and not self._stopped:
             self._poll.start(self.setup.options.poll_interval, now=False)
 
     def _heard(self, answer: Answer) -> None:
@@ -256,6 +260,7 @@ class SlurmExecutor:
             if self.unavailable is None:
                 log.warn("the Slurm controller does not answer: {why}", why=answer.message)
             self.unavailable = f"the Slurm controller does not answer ({answer.message})"
+            self._start_polling()  # until it answers again (see _poll_all)
         elif answer.code == 0 and self.unavailable is not None:
             log.info("the Slurm controller answers again")
             self.unavailable = None
@@ -290,7 +295,7 @@ class SlurmExecutor:
     def _poll_once(self) -> Deferred[None] | None:
         if self._polling:
             return None  # the last poll is still waiting for squeue
-        if not self._live:
+        if not self._live and self.unavailable is None:
             self._poll.stop()
             return None
         self._polling = True
@@ -304,27 +309,33 @@ class SlurmExecutor:
 
     async def _poll_all(self) -> None:
         live = list(self._live.values())
-        squeue = self.setup.commands["squeue"]
-        argv = [squeue, "--json", "--states=all"]
-        ids = [e.slurm_id for e in live if e.slurm_id is not None]
-        names = [job_name(self.setup.instance, e.job_id) for e in live if e.slurm_id is None]
-        # squeue's filters are ANDed: ids, or (after a crash) names, one call each.
-        answers = []
-        for flag, values in (("--jobs", ids), ("--name", names)):
-            if values:
-                answer = await run(
-                    self._reactor, [*argv, f"{flag}={','.join(values)}"],
-                    self.setup.environment, timeout=COMMAND_SECONDS,
-                )
-                self._heard(answer)
-                if answer.code != 0:
-                    log.warn("squeue failed: {why}", why=answer.message)
-                    return
-                answers.append(answer)
-        jobs: dict[str, SlurmJob] = {}
-        for answer in answers:
-            jobs.update(parse_squeue(answer.stdout))
-        by_name = {job.name: job for job in jobs.values()}
+        if not live:
+            # Nothing to track, but new jobs are refused: is it back?
+            ping = [self.setup.commands["scontrol"], "ping"]
+            answer = await run(self._reactor, ping, self.setup.environment, timeout=COMMAND_SECONDS)
+            self._heard(answer)
+            return
+        # One call for every live job. Slurm 22.05's squeue --json ignores
+        # --jobs and --name anyway; the answer is filtered here.
+        argv = [self.setup.commands["squeue"], "--json", "--states=all"]
+        answer = await run(self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS)
+        if answer.code != 0:
+            self._heard(answer)
+            log.warn("squeue failed: {why}", why=answer.message)
+            return
+        try:
+            jobs = parse_squeue(answer.stdout)
+        except ValueError as e:
+            # Never "every job is gone": wait for an answer that lists them.
+            why = f"squeue: {e}"
+            if self.unavailable is None:
+                log.warn("the Slurm controller does not answer: {why}", why=why)
+            self.unavailable = f"the Slurm controller does not answer ({why})"
+            return
+        self._heard(Answer(0, b"", b""))  # it answered with the jobs
+        # Oldest first, so that the newest job of a name wins.
+        ordered = sorted(jobs.values(), key=lambda job: int(job.job_id))
+        by_name = {job.name: job for job in ordered}
         for execution in live:
             if execution.slurm_id is None:
                 found = by_name.get(job_name(self.setup.instance, execution.job_id))
@@ -367,6 +378,7 @@ class SlurmExecutor:
 
     def stop(self) -> None:
         """Stop polling (the daemon stops; Slurm jobs run on, see reattach)."""
+        self._stopped = True
         if self._poll.running:
             self._poll.stop()
 

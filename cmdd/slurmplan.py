@@ -227,15 +227,29 @@ def _exit_of(value: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
+class SqueueError(ValueError):
+    """squeue answered with an error instead of the jobs."""
+
+
 def parse_squeue(text: bytes | str) -> dict[str, SlurmJob]:
     """Every job in one C{squeue --json} answer, by Slurm job id.
 
+    Slurm 22.05's C{squeue --json} ignores C{--jobs} and C{--name}: the
+    answer holds every job the controller knows, and callers pick theirs.
+
+    @raise SqueueError: squeue reported an error (the controller is down).
     @raise ValueError: not an answer squeue gives.
     """
     data = json.loads(text)
     jobs = data.get("jobs") if isinstance(data, dict) else None
     if not isinstance(jobs, list):
         raise ValueError("squeue's answer has no job list")
+    errors = data.get("errors")
+    if errors:
+        # squeue exits 0 with no jobs and an error when the controller does
+        # not answer: that must never read as "every job is gone".
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        raise SqueueError(str(first.get("description") or first.get("error") or errors[0]))
     found: dict[str, SlurmJob] = {}
     for item in jobs:
         state = item.get("job_state")

@@ -45,6 +45,8 @@ class Run:
     #: Set once the process has ended (its output may still be being written).
     exit: ProcessExit | None = None
     timed_out: bool = False
+    #: The daemon stopped and left the run to its cluster (see L{Supervisor.detach}).
+    detached: bool = False
 
     @property
     def cancelled_outcome(self) -> Outcome:
@@ -174,7 +176,10 @@ class Supervisor:
 
     def detach(self, run: Run) -> None:
         """Stop supervising a run that goes on without the daemon (a cluster
-        job at a stop): its timers are cancelled, its process left alone."""
+        job at a stop): its timers are cancelled, its process left alone,
+        and its end, if it comes before the daemon is gone, is not recorded
+        (the next start finds it)."""
+        run.detached = True
         for call in (run.timeout_call, run.kill_call):
             if call is not None and call.active():
                 call.cancel()
@@ -231,5 +236,7 @@ class Supervisor:
             ),
         )
 
-    def _process_ended(self, exit: ProcessExit, run: Run) -> Deferred[None]:
+    def _process_ended(self, exit: ProcessExit, run: Run) -> Deferred[None] | None:
+        if run.detached:
+            return None
         return Deferred.fromCoroutine(self._finish(exit, run))

@@ -158,16 +158,20 @@ def test_timeout_ends_the_job(daemon: Daemon) -> None:
 
 
 def _survivors(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+    # Only the job's own processes start with it (exec -a), not its wrapper.
+    found = subprocess.run(
+        ["pgrep", "-f", f"^{marker}"], capture_output=True, text=True, check=False
+    )
     return found.stdout.split()
 
 
 def test_cancel_leaves_no_survivor(daemon: Daemon) -> None:
     """Cancelling a running Slurm job ends it and everything it started."""
     marker = f"cmdd-slurm-{uuid.uuid4().hex[:8]}"
-    job_id = _submit(daemon, {"command": f"sleep 300 & exec -a {marker} sleep 300"})
+    script = f"(exec -a {marker}-child sleep 300) & exec -a {marker}-main sleep 300"
+    job_id = _submit(daemon, {"command_line": ["bash", "-c", script]})
     deadline = time.monotonic() + 20
-    while not _survivors(marker):
+    while len(_survivors(marker)) < 2:
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.1)
     status, _ = daemon.request("PATCH", f"/api/jobs/{job_id}", {"status": "cancelled"})
@@ -222,3 +226,29 @@ def test_restart_readopts_running_and_finished_jobs(
     assert short["state"] == "failed" and short["exit_code"] == 4, short
     assert short["stdout"] == "short\n"
     assert long["state"] == "succeeded" and long["stdout"] == "long done\n", long
+
+
+def test_controller_down_refuses_new_jobs_until_it_answers(daemon: Daemon) -> None:
+    """While the controller does not answer, the job sbatch could not hand
+    over is not_executed with Slurm's message, new POSTs get 503
+    EXECUTOR_UNAVAILABLE (and /readyz 503), and once it is back jobs are
+    accepted and run again."""
+    pid = int(Path("/var/lib/cmdd-slurm/ctld.pid").read_text())
+    os.kill(pid, 15)
+    try:
+        refused = _run(daemon, {"command": "true"}, seconds=60)
+        assert refused["state"] == "not_executed", refused
+        assert "Unable to contact slurm controller" in refused["reason"]
+        status, error = daemon.request("POST", "/api/jobs", {"command": "true"})
+        assert status == 503 and error["error"]["code"] == "EXECUTOR_UNAVAILABLE", error
+        assert daemon.get("/readyz")[0] == 503
+    finally:
+        subprocess.run([str(CLUSTER), "start"], check=True, timeout=120)
+    deadline = time.monotonic() + 20
+    while True:
+        status, job = daemon.request("POST", "/api/jobs", {"command": "echo back"})
+        if status == 202:
+            break
+        assert status == 503 and time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert _result(daemon, job["id"])["stdout"] == "back\n"
