@@ -17,6 +17,7 @@ from cmdd.slurmplan import (
     WRAPPER,
     SlurmJob,
     SlurmOptions,
+    SqueueError,
     cmdd_state,
     export_file,
     failure_reason,
@@ -226,3 +227,14 @@ def test_wrapper_records_exit_code_signal_and_exec_failure(tmp_path: Path) -> No
         "signal": None,
     }
     assert os.path.exists(tmp_path / "status")
+
+
+def test_squeue_error_answer_is_not_an_empty_queue() -> None:
+    """squeue exits 0 with no jobs and an error when the controller is down:
+    that is an error, never "every job is gone"."""
+    answer = {
+        "errors": [{"description": "Failed while looking for jobs", "error_number": -1}],
+        "jobs": [],
+    }
+    with pytest.raises(SqueueError, match="Failed while looking for jobs"):
+        parse_squeue(json.dumps(answer))
