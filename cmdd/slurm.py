@@ -46,6 +46,7 @@ from cmdd.slurmplan import (
     parse_squeue,
     parse_status,
     sbatch_argv,
+    squeue_argv,
 )
 from cmdd.spec import JobSpec
 from cmdd.spool import OutputSpool
@@ -315,23 +316,28 @@ class SlurmExecutor:
             answer = await run(self._reactor, ping, self.setup.environment, timeout=COMMAND_SECONDS)
             self._heard(answer)
             return
-        # One call for every live job. Slurm 22.05's squeue --json ignores
-        # --jobs and --name anyway; the answer is filtered here.
-        argv = [self.setup.commands["squeue"], "--json", "--states=all"]
-        answer = await run(self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS)
-        if answer.code != 0:
-            self._heard(answer)
-            log.warn("squeue failed: {why}", why=answer.message)
-            return
-        try:
-            jobs = parse_squeue(answer.stdout)
-        except ValueError as e:
-            # Never "every job is gone": wait for an answer that lists them.
-            why = f"squeue: {e}"
-            if self.unavailable is None:
-                log.warn("the Slurm controller does not answer: {why}", why=why)
-            self.unavailable = f"the Slurm controller does not answer ({why})"
-            return
+        ids = [e.slurm_id for e in live if e.slurm_id is not None]
+        names = [job_name(self.setup.instance, e.job_id) for e in live if e.slurm_id is None]
+        jobs: dict[str, SlurmJob] = {}
+        # One call for every live job (two right after a crash: squeue ANDs
+        # --jobs and --name).
+        for wanted in ({"ids": ids}, {"names": names}):
+            if not any(wanted.values()):
+                continue
+            argv = squeue_argv(self.setup.commands["squeue"], **wanted)
+            answer = await run(self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS)
+            if answer.code != 0 and b"Invalid job id" in answer.stderr:
+                continue  # every listed job is gone from the controller
+            try:
+                if answer.code != 0:
+                    raise ValueError(answer.message)
+                jobs.update(parse_squeue(answer.stdout))
+            except ValueError as e:
+                # Never "every job is gone": wait for an answer that lists them.
+                if answer.code != 0:
+                    self._heard(answer)
+                log.warn("squeue failed: {why}", why=str(e))
+                return
         self._heard(Answer(0, b"", b""))  # it answered with the jobs
         # Oldest first, so that the newest job of a name wins.
         ordered = sorted(jobs.values(), key=lambda job: int(job.job_id))
@@ -346,6 +352,8 @@ class SlurmExecutor:
     async def _update(self, execution: SlurmExecution, job: SlurmJob | None) -> None:
         if job is not None:
             execution.slurm_state = job.state
+            if job.state == "PENDING":
+                return  # nothing to read yet: no file access for a waiting job
         await self._copy_output(execution, final=False)
         state = None if job is None else cmdd_state(job.state)
         if job is not None and (state is None or not state.final):

@@ -17,7 +17,6 @@ from cmdd.slurmplan import (
     WRAPPER,
     SlurmJob,
     SlurmOptions,
-    SqueueError,
     cmdd_state,
     export_file,
     failure_reason,
@@ -27,6 +26,7 @@ from cmdd.slurmplan import (
     parse_squeue,
     parse_status,
     sbatch_argv,
+    squeue_argv,
     time_limit_minutes,
 )
 
@@ -67,7 +67,7 @@ def test_sbatch_argv_environment_goes_through_an_export_file_only() -> None:
     """The job's variables reach the job through --export-file on fd 3, never
     sbatch's own environment (SBATCH_* would change its options)."""
     argv = _argv()
-    assert "--export=NIL" in argv and "--export-file=3" in argv
+    assert "--export-file=3" in argv
     data = export_file({"A": "x,y=z", "B": "line1\nline2", "C": "é"})
     assert data.split(b"\0") == [b"A=x,y=z", b"B=line1\nline2", "C=é".encode(), b""]
 
@@ -114,36 +114,37 @@ def test_parse_sbatch() -> None:
         parse_sbatch(b"sbatch: error: oops\n")
 
 
-SQUEUE = {
-    "meta": {"plugin": {"type": "openapi/v0.0.38"}},
-    "errors": [],
-    "jobs": [
-        {"job_id": 9, "name": "cmdd-x-1", "job_state": "FAILED",
-         "state_reason": "NonZeroExitCode", "exit_code": 768},
-        {"job_id": 10, "name": "cmdd-x-2", "job_state": "FAILED",
-         "state_reason": "NonZeroExitCode", "exit_code": 9},
-        {"job_id": 11, "name": "cmdd-x-3", "job_state": "PENDING",
-         "state_reason": "Priority", "exit_code": 0},
-        {"job_id": 12, "name": "cmdd-x-4", "job_state": "COMPLETED",
-         "state_reason": "None", "exit_code": 0},
-        {"job_id": 13, "name": "n", "job_state": ["TIMEOUT"],
-         "state_reason": "None", "exit_code": {"return_code": 0, "signal": {"id": 15}}},
-    ],
-}  # fmt: skip
+SQUEUE = """\
+9|FAILED|768|cmdd-x-1|NonZeroExitCode
+10|FAILED|9|cmdd-x-2|JobLaunchFailure
+11|PENDING|0|cmdd-x-3|Priority
+12|COMPLETED|0|cmdd-x-4|None
+13|TIMEOUT|15|n|reason | with a bar
+"""
+
+
+def test_squeue_argv_asks_once_for_every_job() -> None:
+    """One squeue call lists every live job (ids, or names after a crash)."""
+    argv = squeue_argv("/usr/bin/squeue", ids=["1", "2", "3"])
+    assert argv[0] == "/usr/bin/squeue" and "--states=all" in argv and "--noheader" in argv
+    assert "--jobs=1,2,3" in argv and not any(a.startswith("--name") for a in argv)
+    assert "--name=cmdd-a-1" in squeue_argv("squeue", names=["cmdd-a-1"])
 
 
 def test_parse_squeue_reads_every_job_of_one_answer() -> None:
-    """One squeue --json answer gives each job's state, reason, exit code or
-    signal (22.05's wait status, and newer Slurm's objects and state lists)."""
-    jobs = parse_squeue(json.dumps(SQUEUE))
+    """One squeue answer gives each job's state, reason, exit code or signal
+    (Slurm's exit_code is a wait status)."""
+    jobs = parse_squeue(SQUEUE.encode())
     assert set(jobs) == {"9", "10", "11", "12", "13"}
     assert jobs["9"] == SlurmJob("9", "cmdd-x-1", "FAILED", "NonZeroExitCode", 3, None)
     assert (jobs["10"].exit_code, jobs["10"].signal) == (None, 9)
     assert jobs["11"].state == "PENDING" and jobs["11"].reason == "Priority"
     assert jobs["12"].reason is None and jobs["12"].exit_code == 0
     assert jobs["13"].state == "TIMEOUT" and jobs["13"].signal == 15
+    assert jobs["13"].reason == "reason | with a bar"
+    assert parse_squeue(b"") == {}
     with pytest.raises(ValueError):
-        parse_squeue("{}")
+        parse_squeue(b"slurm_load_jobs error: Unable to contact slurm controller\n")
 
 
 @pytest.mark.parametrize(
@@ -227,14 +228,3 @@ def test_wrapper_records_exit_code_signal_and_exec_failure(tmp_path: Path) -> No
         "signal": None,
     }
     assert os.path.exists(tmp_path / "status")
-
-
-def test_squeue_error_answer_is_not_an_empty_queue() -> None:
-    """squeue exits 0 with no jobs and an error when the controller is down:
-    that is an error, never "every job is gone"."""
-    answer = {
-        "errors": [{"description": "Failed while looking for jobs", "error_number": -1}],
-        "jobs": [],
-    }
-    with pytest.raises(SqueueError, match="Failed while looking for jobs"):
-        parse_squeue(json.dumps(answer))
