@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -58,6 +58,9 @@ log = Logger()
 COMMAND_SECONDS = 60.0
 #: Bytes read of each output stream per poll (the rest at the next one).
 CHUNK = 1024 * 1024
+#: sbatch and scancel processes at once: a burst of 1,000 submissions is
+#: 8 processes at a time, not 1,000 (the controller serializes them anyway).
+COMMANDS_AT_ONCE = 8
 
 
 @attrs.define
@@ -151,6 +154,7 @@ class SlurmExecutor:
         self._job_identity = job_identity
         self._identities = identities
         self._live: dict[int, SlurmExecution] = {}
+        self._commands = DeferredSemaphore(COMMANDS_AT_ONCE)
         self._poll = LoopingCall(self._poll_once)
         self._poll.clock = reactor
         self._polling = False
@@ -225,14 +229,18 @@ class SlurmExecutor:
                 None, None, not_executed=f"cannot make the job's directory: {e.strerror}"
             ))
             return
-        if execution.pending_signal is not None:
-            # Cancelled before it was submitted: it never ran.
-            await self._end(execution, ProcessExit(None, None))
-            return
-        answer = await run(
-            self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS,
-            fd3=export_file(env),
-        )
+        await self._commands.acquire()
+        try:
+            if execution.pending_signal is not None:
+                # Cancelled before it was submitted: it never ran.
+                await self._end(execution, ProcessExit(None, None))
+                return
+            answer = await run(
+                self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS,
+                fd3=export_file(env),
+            )
+        finally:
+            self._commands.release()
         self._heard(answer)
         try:
             if answer.code != 0:
@@ -278,7 +286,9 @@ class SlurmExecutor:
         else:
             name = signal.Signals(signum).name.removeprefix("SIG")
             argv = [scancel, "--full", f"--signal={name}", execution.slurm_id]
-        done = run(self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS)
+        done = self._commands.run(
+            run, self._reactor, argv, self.setup.environment, timeout=COMMAND_SECONDS
+        )
         done.addCallback(self._cancelled, execution).addErrback(
             self._failed, execution, "cancelling"
         )
