@@ -102,6 +102,10 @@ JOB = {
             "type": "string",
             "description": "its job id in Slurm (the Slurm executor, once sbatch took it)",
         },
+        "slurm_state": {
+            "type": "string",
+            "description": "a running job's state in Slurm now (PENDING: queued there)",
+        },
         "status_history": {"type": "array", "items": HISTORY_ENTRY},
         "links": LINKS,
     },

@@ -86,7 +86,7 @@ JOB_FIELDS = frozenset(
         "webhooks", "host",
         "started", "completed", "exit_code", "reason", "cancelled_by", "links",
         "concurrency_key", "concurrency_limit", "run_at", "schedule_id", "status_history",
-        "slurm_job_id",
+        "slurm_job_id", "slurm_state",
     }
 )  # fmt: skip
 STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})

@@ -210,6 +210,11 @@ class SlurmExecutor:
         self._track(execution)
         return execution
 
+    def slurm_state(self, job_id: int) -> str | None:
+        """A live job's state in Slurm at the last poll (PENDING, RUNNING...)."""
+        execution = self._live.get(job_id)
+        return None if execution is None else execution.slurm_state
+
     # --- submitting -----------------------------------------------------
 
     async def _submit(

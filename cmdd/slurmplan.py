@@ -22,7 +22,7 @@ from cmdd.jobs import State
 #: ignores nothing: a handler (not SIG_IGN) is reset by exec, so the job gets
 #: TERM as Slurm sends it while the wrapper lives on to write the status.
 WRAPPER = """\
-#!/usr/bin/python3 -I
+#!/usr/bin/python3 -IS
 # cmdd's Slurm batch wrapper: argv = status-file umask program [args...]
 import json, os, signal, sys
 status, mask, argv = sys.argv[1], int(sys.argv[2], 8), sys.argv[3:]

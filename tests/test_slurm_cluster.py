@@ -174,6 +174,10 @@ def test_cancel_leaves_no_survivor(daemon: Daemon) -> None:
     while len(_survivors(marker)) < 2:
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while daemon.get(f"/api/jobs/{job_id}")[1].get("slurm_state") != "RUNNING":
+        assert time.monotonic() < deadline, "slurm_state never said RUNNING"
+        time.sleep(0.1)
     status, _ = daemon.request("PATCH", f"/api/jobs/{job_id}", {"status": "cancelled"})
     assert status in (200, 202)
     result = _result(daemon, job_id)
