@@ -7,6 +7,7 @@ module and goes down afterwards. CI runs as root with Slurm installed
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -256,3 +257,26 @@ def test_controller_down_refuses_new_jobs_until_it_answers(daemon: Daemon) -> No
         assert status == 503 and time.monotonic() < deadline, job
         time.sleep(0.2)
     assert _result(daemon, job["id"])["stdout"] == "back\n"
+
+
+def test_follow_streams_output_while_the_slurm_job_runs(daemon: Daemon) -> None:
+    """?follow=1 sends what Slurm's output file holds while the job still
+    runs, then the rest, and ends when the job ends."""
+    job_id = _submit(daemon, {"command": "echo first; sleep 3; echo second"})
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    try:
+        connection.request(
+            "GET", f"/api/jobs/{job_id}/output/stdout?follow=1",
+            headers={"Authorization": f"Bearer {daemon.token}"},
+        )  # fmt: skip
+        response = connection.getresponse()
+        assert response.status == 200
+        first = response.read1(64)
+        while not first.strip():
+            first += response.read1(64)
+        assert first == b"first\n"
+        assert daemon.get(f"/api/statuses/{job_id}")[1]["done"] is False
+        assert first + response.read() == b"first\nsecond\n"
+    finally:
+        connection.close()
+    assert _result(daemon, job_id)["state"] == "succeeded"
