@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -213,6 +214,8 @@ def main() -> None:
             report["tracking"] = tracking(tmp, args.pending, args.poll_interval, args.seconds)
     finally:
         subprocess.run([str(CLUSTER), "stop"], check=False)
+        for shared in Path("/tmp").glob("cmdd-slurm-bench-*"):
+            shutil.rmtree(shared, ignore_errors=True)
     print(json.dumps(report, indent=2))
 
 
