@@ -247,8 +247,14 @@ class CmddAPI:
     @app.route("/api/jobs/<job_id>", methods=["GET"])
     def get_job(self, request: IRequest, job_id: str) -> bytes:
         fields = _fields(request, JOB_FIELDS)
-        job = trim(job_json(self._job(request, job_id)), fields)
-        return respond_json(request, job, etag=True)
+        found = self._job(request, job_id)
+        shown = job_json(found)
+        live = getattr(self._manager.executor, "slurm_state", None)
+        state = None if live is None or found.state.final else live(found.id)
+        if state is not None:
+            # Where the cluster has it now (PENDING: waiting in Slurm's queue).
+            shown["slurm_state"] = state
+        return respond_json(request, trim(shown, fields), etag=True)
 
     @app.route("/api/jobs/<job_id>", methods=["PATCH"])
     async def patch_job(self, request: IRequest, job_id: str) -> bytes:

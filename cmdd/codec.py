@@ -29,6 +29,7 @@ from cmdd.jobs import (
     Released,
     Started,
     State,
+    Submitted,
 )
 from cmdd.schedule import Schedule, ScheduleDeleted, ScheduleRecord, ScheduleSaved
 from cmdd.spec import JobSpec
@@ -147,6 +148,8 @@ def _event_fields(event: Event) -> dict[str, Any]:
         if event.host is None:
             return {"type": "started", "job": event.job_id}
         return {"type": "started", "job": event.job_id, "host": event.host}
+    if isinstance(event, Submitted):
+        return {"type": "submitted", "job": event.job_id, "slurm_job_id": event.slurm_job_id}
     if isinstance(event, CallbackDone):
         return {
             "type": "callback",
@@ -187,6 +190,8 @@ def job_events(job: Job) -> list[Event]:
         events.append(Released(job.id, job.released))
     if job.started is not None:
         events.append(Started(job.id, job.started, job.host))
+    if job.slurm_job_id is not None and job.started is not None:
+        events.append(Submitted(job.id, job.started, job.slurm_job_id))
     if job.outcome is not None and job.completed is not None:
         events.append(Ended(job.id, job.completed, job.outcome))
     events.extend(job.callbacks_done)
@@ -326,6 +331,11 @@ def _record(fields: dict[str, Any]) -> Record:
         item = Modified(job_id, at, _spec(fields["spec"]))
     elif kind == "started":
         item = Started(job_id, at, _text_or_none(fields.get("host")))
+    elif kind == "submitted":
+        slurm_job_id = fields["slurm_job_id"]
+        if not isinstance(slurm_job_id, str):
+            raise TypeError("slurm_job_id is not a string")
+        item = Submitted(job_id, at, slurm_job_id)
     elif kind == "callback":
         status = fields.get("status_code")
         item = CallbackDone(

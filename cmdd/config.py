@@ -15,6 +15,7 @@ import attrs
 from twisted.internet.endpoints import quoteStringArgument
 
 from cmdd.destinations import parse_networks
+from cmdd.slurmplan import SlurmOptions
 
 DEFAULT_LISTEN = "ssl:8443:interface=127.0.0.1"
 MIB = 1024 * 1024
@@ -85,6 +86,20 @@ class Settings:
     #: CIDR networks callbacks may (allow) or may not (deny) connect to.
     webhook_allow: tuple[str, ...] = ()
     webhook_deny: tuple[str, ...] = ()
+    #: Where jobs run: "local" (this host) or "slurm" (see README,
+    #: "Running jobs on Slurm"), with the [executor] table's settings.
+    executor: str = "local"
+    slurm: SlurmOptions = attrs.field(factory=SlurmOptions)
+    #: The directory Slurm's nodes write job output in (None: the default).
+    slurm_shared_dir: str | None = None
+
+    @property
+    def shared_dir(self) -> str:
+        """The Slurm executor's output directory: the configured one, or
+        C{DATA_DIR-slurm} beside the data directory. Not inside it: the job's
+        user must reach its own directory, and the data directory is the
+        daemon's alone."""
+        return self.slurm_shared_dir or self.data_dir.rstrip("/") + "-slurm"
 
     @property
     def journal_path(self) -> str:
@@ -141,6 +156,7 @@ KEYS = frozenset(
         "stop_grace",
         "webhook_allow",
         "webhook_deny",
+        "executor",
         *_BOOLS,
         *_INTS,
         *_FLOATS,
@@ -160,6 +176,8 @@ def load_toml(path: str) -> dict[str, Any]:
     table = data.get("cmdd", data)
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [cmdd] must be a table")
+    if table is not data and "executor" in data:
+        table = {**table, "executor": data["executor"]}  # [executor] beside [cmdd]
     unknown = sorted(set(table) - KEYS)
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
@@ -227,6 +245,7 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
         # 0 is allowed: end running jobs at once, as a stop did before drains.
         value = merged["stop_grace"]
         values["stop_grace"] = 0.0 if _is_zero(value) else _number("stop_grace", value, float)
+    values.update(executor_values(merged.get("executor"), merged.get("executor_type")))
     settings = Settings(**values)
     if not settings.allow_root_jobs:
         if settings.job_user == "root":
@@ -236,6 +255,48 @@ def build_settings(file_values: Mapping[str, Any], overrides: Mapping[str, Any])
     for description in settings.listen:
         check_endpoint(description, settings.allow_plaintext)
     return settings
+
+
+EXECUTORS = ("local", "slurm")
+_EXECUTOR_KEYS = frozenset(
+    {"type", "partition", "account", "sbatch_options", "poll_interval", "shared_dir"}
+)
+
+
+def executor_values(table: object, cli_type: object) -> dict[str, Any]:
+    """Settings from the config file's [executor] table and C{--executor}."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise ConfigError("[executor] must be a table")
+    unknown = sorted(set(table) - _EXECUTOR_KEYS)
+    if unknown:
+        raise ConfigError(f"[executor]: unknown setting(s) {', '.join(unknown)}")
+    kind = cli_type if cli_type is not None else table.get("type", "local")
+    if kind not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}")
+    texts = {}
+    for key in ("partition", "account", "shared_dir"):
+        if key in table:
+            if not isinstance(table[key], str) or not table[key]:
+                raise ConfigError(f"[executor] {key} must be a non-empty string")
+            texts[key] = table[key]
+    extra = table.get("sbatch_options", [])
+    if not isinstance(extra, list) or not all(isinstance(o, str) and o for o in extra):
+        raise ConfigError("[executor] sbatch_options must be a list of strings")
+    poll = table.get("poll_interval", 1.0)
+    options = SlurmOptions(
+        partition=texts.get("partition"),
+        account=texts.get("account"),
+        sbatch_options=tuple(extra),
+        poll_interval=float(_number("poll_interval", poll, float)),
+    )
+    shared = texts.get("shared_dir")
+    return {
+        "executor": kind,
+        "slurm": options,
+        "slurm_shared_dir": None if shared is None else os.path.abspath(shared),
+    }
 
 
 def _run_as(value: object) -> frozenset[tuple[str, str]]:

@@ -100,6 +100,8 @@ class Job:
     released: float | None = None
     #: The recurring schedule that created it, if any.
     schedule_id: int | None = None
+    #: Its job id in Slurm (the Slurm executor; from its L{Submitted} event).
+    slurm_job_id: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -160,6 +162,16 @@ class Started:
 
 
 @frozen
+class Submitted:
+    """A running job was handed to the cluster scheduler (the Slurm
+    executor): its id there, by which a restarted daemon finds it again."""
+
+    job_id: int
+    at: float
+    slurm_job_id: str
+
+
+@frozen
 class Ended:
     """The job reached a final state (from queued or running)."""
 
@@ -196,7 +208,7 @@ class CallbackDone:
     error: str | None = None
 
 
-Event = Created | Released | Modified | Started | Ended | Deleted | CallbackDone
+Event = Created | Released | Modified | Started | Submitted | Ended | Deleted | CallbackDone
 
 
 class InvalidTransitionError(ValueError):
@@ -237,6 +249,10 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
         )  # fmt: skip
     if isinstance(event, Released | Modified):
         return _not_started_change(job, event)
+    if isinstance(event, Submitted):
+        if job.state is not State.RUNNING:
+            raise InvalidTransitionError(f"job {job.id} is {job.state.value}, not running")
+        return attrs.evolve(job, slurm_job_id=event.slurm_job_id)
     if isinstance(event, Ended):
         if job.state not in _ENDABLE or not event.outcome.state.final:
             raise InvalidTransitionError(
@@ -256,6 +272,7 @@ def apply_event(job: Job | None, event: Event) -> Job | None:
             job.callbacks_done,
             job.released,
             job.schedule_id,
+            job.slurm_job_id,
         )
     if isinstance(event, CallbackDone):
         if event.sequence != len(job.callbacks_done) + 1:

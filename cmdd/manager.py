@@ -8,6 +8,7 @@ mechanics of processes.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -31,6 +32,7 @@ from cmdd.jobs import (
     Released,
     Started,
     State,
+    Submitted,
 )
 from cmdd.limits import Limits as Limits
 from cmdd.runner import IExecutor
@@ -191,6 +193,16 @@ class JobManager(Service):
                 "the daemon is stopping",
                 status=503,
                 headers={"Retry-After": "5"},
+            )
+        unavailable = getattr(self.executor, "unavailable", None)
+        if unavailable is not None:
+            # A cluster whose controller does not answer would turn every
+            # new job into not_executed: refuse them until it answers.
+            raise ClientError(
+                "EXECUTOR_UNAVAILABLE",
+                unavailable,
+                status=503,
+                headers={"Retry-After": "10"},
             )
         scheduled = spec.run_at is not None
         if scheduled and self.store.counts[State.SCHEDULED] >= self.limits.max_scheduled:
@@ -376,9 +388,17 @@ class JobManager(Service):
         """
         now = self.clock.seconds()
         recorded: list[Deferred[None]] = []
+        reattach = getattr(self.executor, "reattach", None)
         for job in self.store.oldest_first():
             if job.state is State.QUEUED:
                 self._enqueue(job)
+            elif job.state is State.RUNNING and reattach is not None:
+                # It runs on in the cluster: tracked again, never lost.
+                run = Run(job.id)
+                self._running[job.id] = run
+                key = job.spec.concurrency_key
+                self._queue.hold(job.id, None if key is None else (job.owner, key))
+                self._supervisor.reattach(run, job, partial(reattach, job))
             elif job.state is State.RUNNING:
                 stdout_bytes, stderr_bytes = (
                     output_size(output_path(self.output_dir, job.id, stream))
@@ -395,6 +415,22 @@ class JobManager(Service):
                     ),
                 ))
         return DeferredList(recorded, consumeErrors=True)
+
+    def record_submitted(self, job_id: int, slurm_job_id: str) -> None:
+        """Journal the id a cluster scheduler gave a running job (so a
+        restart finds it); if refused, a restart finds it by name instead."""
+        job = self.history.current(job_id)
+        if job is None or job.state is not State.RUNNING:
+            return
+        _, durable = self.history.record(Submitted(job_id, self.clock.seconds(), slurm_job_id))
+        durable.addErrback(
+            lambda failure: log.warn(
+                "job {job_id}: its Slurm id {slurm_job_id} could not be journaled ({why})",
+                job_id=job_id,
+                slurm_job_id=slurm_job_id,
+                why=failure.getErrorMessage(),
+            )
+        )
 
     # --- service -----------------------------------------------------------
 
@@ -424,6 +460,12 @@ class JobManager(Service):
         self._stopping = True
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
+        if getattr(self.executor, "reattach", None) is not None:
+            # Cluster jobs run on while the daemon is down; the next start
+            # tracks them again. Their timers go with the daemon.
+            for run in self._running.values():
+                self._supervisor.detach(run)
+            self._running.clear()
         ending = [self.when_final(job_id) for job_id in list(self._running)]
         done: Deferred[Any] = DeferredList(ending, consumeErrors=True)
         if ending:

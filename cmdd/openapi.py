@@ -98,6 +98,14 @@ JOB = {
         "reason": {"type": ["string", "null"]},
         "cancelled_by": {"type": ["string", "null"]},
         "schedule_id": {"type": "integer", "description": "the schedule that created it"},
+        "slurm_job_id": {
+            "type": "string",
+            "description": "its job id in Slurm (the Slurm executor, once sbatch took it)",
+        },
+        "slurm_state": {
+            "type": "string",
+            "description": "a running job's state in Slurm now (PENDING: queued there)",
+        },
         "status_history": {"type": "array", "items": HISTORY_ENTRY},
         "links": LINKS,
     },

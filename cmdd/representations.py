@@ -45,6 +45,8 @@ def job_json(job: Job) -> dict[str, Any]:
             out["cancelled_by"] = job.outcome.cancelled_by
     if job.schedule_id is not None:
         out["schedule_id"] = job.schedule_id
+    if job.slurm_job_id is not None:
+        out["slurm_job_id"] = job.slurm_job_id
     out["status_history"] = status_history(job)
     out["links"] = links(job.id)
     return out
@@ -84,6 +86,7 @@ JOB_FIELDS = frozenset(
         "webhooks", "host",
         "started", "completed", "exit_code", "reason", "cancelled_by", "links",
         "concurrency_key", "concurrency_limit", "run_at", "schedule_id", "status_history",
+        "slurm_job_id", "slurm_state",
     }
 )  # fmt: skip
 STATUS_FIELDS = frozenset({"id", "state", "legacy_state", "done", "links"})

@@ -147,6 +147,15 @@ class SlotQueue:
             return head[1]
         return None
 
+    def hold(self, job_id: int, key: Hashable | None = None) -> None:
+        """Count a job that already runs (re-adopted after a restart) as
+        holding a slot of C{key}, as if L{next_startable} had handed it out."""
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = _Line()
+        line.running += 1
+        self._holding[job_id] = key
+
     def release(self, job_id: int) -> None:
         """A job handed out by L{next_startable} no longer holds its slot."""
         if job_id not in self._holding:

@@ -45,6 +45,8 @@ class Run:
     #: Set once the process has ended (its output may still be being written).
     exit: ProcessExit | None = None
     timed_out: bool = False
+    #: The daemon stopped and left the run to its cluster (see L{Supervisor.detach}).
+    detached: bool = False
 
     @property
     def cancelled_outcome(self) -> Outcome:
@@ -100,14 +102,8 @@ class Supervisor:
         if run.cancel_reason is not None:
             self._on_end(run, run.cancelled_outcome)
             return
-        cap = self._limits().max_output_bytes
-        run.stdout, run.stderr = (
-            OutputSpool(
-                self._io, output_path(self._output_dir, job.id, stream), cap, clock=self._clock
-            )
-            for stream in ("stdout", "stderr")
-        )
-        run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._on_output(job.id)
+        self._open_spools(run, job)
+        assert run.stdout is not None and run.stderr is not None
         try:
             assert self.executor is not None, "the composition root sets the executor"
             run.execution = self.executor.launch(job.id, job.spec, run.stdout, run.stderr)
@@ -120,8 +116,34 @@ class Supervisor:
             log.failure("starting job {job_id} failed", job_id=job.id)
             self._on_end(run, Outcome(State.NOT_EXECUTED, reason="cmdd could not start it"))
             return
-        if job.spec.timeout is not None:
-            run.timeout_call = self._clock.callLater(job.spec.timeout, self._time_out, run)
+        self._supervise(run, job.spec.timeout)
+
+    def reattach(self, run: Run, job: Job, execution: Callable[..., IExecution]) -> None:
+        """Supervise again a job that runs on elsewhere (a cluster) after a
+        restart: C{execution(stdout, stderr)} tracks it; its timeout counts
+        from its recorded start."""
+        self._open_spools(run, job)
+        assert run.stdout is not None and run.stderr is not None
+        run.execution = execution(run.stdout, run.stderr)
+        timeout = job.spec.timeout
+        if timeout is not None and job.started is not None:
+            timeout = max(0.0, job.started + timeout - self._clock.seconds())
+        self._supervise(run, timeout)
+
+    def _open_spools(self, run: Run, job: Job) -> None:
+        cap = self._limits().max_output_bytes
+        run.stdout, run.stderr = (
+            OutputSpool(
+                self._io, output_path(self._output_dir, job.id, stream), cap, clock=self._clock
+            )
+            for stream in ("stdout", "stderr")
+        )
+        run.stdout.on_flushed = run.stderr.on_flushed = lambda: self._on_output(job.id)
+
+    def _supervise(self, run: Run, timeout: float | None) -> None:
+        assert run.execution is not None
+        if timeout is not None:
+            run.timeout_call = self._clock.callLater(timeout, self._time_out, run)
         run.execution.ended().addCallback(self._process_ended, run).addErrback(
             self.end_failed, run
         )
@@ -151,6 +173,16 @@ class Supervisor:
             return
         run.execution.signal_group(signal.SIGTERM)
         run.kill_call = self._clock.callLater(self._limits().kill_grace, self._kill, run)
+
+    def detach(self, run: Run) -> None:
+        """Stop supervising a run that goes on without the daemon (a cluster
+        job at a stop): its timers are cancelled, its process left alone,
+        and its end, if it comes before the daemon is gone, is not recorded
+        (the next start finds it)."""
+        run.detached = True
+        for call in (run.timeout_call, run.kill_call):
+            if call is not None and call.active():
+                call.cancel()
 
     def end_failed(self, failure: Failure, run: Run) -> None:
         """Log a failure to bring a run to its end (a bug, never a job's fault)."""
@@ -204,5 +236,7 @@ class Supervisor:
             ),
         )
 
-    def _process_ended(self, exit: ProcessExit, run: Run) -> Deferred[None]:
+    def _process_ended(self, exit: ProcessExit, run: Run) -> Deferred[None] | None:
+        if run.detached:
+            return None
         return Deferred.fromCoroutine(self._finish(exit, run))

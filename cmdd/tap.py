@@ -55,6 +55,8 @@ from cmdd.reloading import apply_site_limits, limits_of, reload_settings
 from cmdd.runat import RunAtService
 from cmdd.scheduleroutes import schedule_refusal
 from cmdd.schedules import ScheduleService
+from cmdd.slurm import SlurmExecutor
+from cmdd.slurmhost import make_slurm_executor
 from cmdd.spawnerlink import SpawnerLink
 from cmdd.spool import IOWorker
 from cmdd.store import JobStore
@@ -156,6 +158,7 @@ class Options(usage.Options):
         ["retain-days", None, None, "At compaction, drop finished jobs older than this."],
         ["retain-jobs", None, None, "At compaction, keep only this many newest finished jobs."],
         ["job-user", None, None, "Unix user jobs run as when cmdd runs as root [default: nobody]."],
+        ["executor", None, None, "Where jobs run: local (default) or slurm (see [executor])."],
         [
             "job-sandbox",
             None,
@@ -236,6 +239,7 @@ class Options(usage.Options):
             overrides["job_private_tmp"] = True if self["job-private-tmp"] else None
             overrides["job_network"] = False if self["job-no-network"] else None
             overrides["allow_root_jobs"] = True if self["allow-root-jobs"] else None
+            overrides["executor_type"] = self["executor"]
             self["settings"] = build_settings(file_values, overrides)
         except ConfigError as e:
             raise _BadConfig(str(e)) from None
@@ -299,6 +303,7 @@ class CmddService(MultiService):
             fsync=settings.journal_fsync == "always",
             on_write=self.metrics.fsync_seconds.observe,
         )
+        self.readiness.checks.append(lambda: None if self.slurm is None else self.slurm.unavailable)
         self.readiness.checks.append(
             JournalCheck(self.journal, lambda: Meta(reactor.seconds(), self.store.peek_next_id()))
         )
@@ -312,6 +317,7 @@ class CmddService(MultiService):
         )
         # The executor is made in startService, once the sandbox is checked.
         self.spawner: SpawnerLink | None = None
+        self.slurm: SlurmExecutor | None = None
         self.manager = JobManager(
             self.history,
             None,
@@ -381,9 +387,17 @@ class CmddService(MultiService):
         os.makedirs(settings.output_dir, mode=0o700, exist_ok=True)
         try:
             self._lock = lock_data_dir(settings.data_dir)
-            executor, self.spawner, how = make_executor(
-                self._reactor, settings, _key_files(settings.listen)
-            )
+            executor: Any
+            if settings.executor == "slurm":
+                executor, how = make_slurm_executor(self._reactor, settings, self.io.run)
+                executor.on_submitted = self.manager.record_submitted
+                self.slurm = executor
+            else:
+                executor, self.spawner, how = make_executor(
+                    self._reactor, settings, _key_files(settings.listen)
+                )
+            # Before replay: an executor that can re-adopt running jobs does.
+            self.manager.executor = executor
             self.accounts.load()
             self.webhook_secrets.load()
             # Bind the listeners before any thread or process runs, so that a
@@ -398,8 +412,8 @@ class CmddService(MultiService):
         except (DataDirLocked, JournalCorrupt, UserError) as e:
             raise SystemExit(str(e)) from None
         log.info("{how}", how=how)
-        self.manager.executor = executor
-        self.spawner.start()
+        if self.spawner is not None:
+            self.spawner.start()
         self.io.start()
         self._users_watch.start(USERS_POLL_SECONDS, now=False)
         signal.signal(signal.SIGHUP, self._sighup)
@@ -569,6 +583,8 @@ class CmddService(MultiService):
         self._listening.remove()
         if self.spawner is not None:
             await self.spawner.stop()
+        if self.slurm is not None:
+            self.slurm.stop()
         await super().stopService()
         await self.journal.close()
         self.io.stop()

@@ -12,7 +12,7 @@ PURE_MODULES = [
     "spec.py", "jobs.py", "store.py", "errors.py", "query.py", "codec.py", "representations.py",
     "tokens.py", "isolation.py", "throttle.py", "slots.py", "idempotency.py", "webhookspec.py",
     "callbacks.py", "retrypolicy.py", "destinations.py", "timefmt.py", "timetable.py",
-    "statushistory.py", "jobpatch.py",
+    "statushistory.py", "jobpatch.py", "slurmplan.py",
 ]
 FORBIDDEN = ("twisted", "klein", "treq", "os", "io", "socket", "subprocess")
 
