@@ -569,6 +569,21 @@ async def test_max_running_limits_concurrency_and_keeps_fifo_order(
 
 
 @bounded(30)
+async def test_a_job_with_a_free_slot_costs_two_journal_writes(make_harness: Any) -> None:
+    """Its creation and its start share one write (one fsync), its end is the
+    other: a POST at light load waits for one fsync less before its process
+    runs, and the start is still durable before the spawn."""
+    harness = make_harness()
+    job = await harness.submit(command_line=["/bin/true"])
+    before = harness.journal.batches
+    final = await within(20, harness.manager.when_final(job.id))
+    assert final.state is State.SUCCEEDED
+    assert (before, harness.journal.batches) == (1, 2)
+    started = [event for event in harness.events if isinstance(event, Started)]
+    assert [event.job_id for event in started] == [job.id]
+
+
+@bounded(30)
 async def test_job_that_ignores_its_stdin_still_ends(make_harness: Any) -> None:
     """A job that exits without reading a large stdin ends normally (no hang, no error)."""
     harness = make_harness()
