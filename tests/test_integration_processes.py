@@ -388,6 +388,32 @@ async def test_output_beyond_the_cap_is_counted_and_discarded(make_harness: Any)
     assert os.path.getsize(path) == 1000
 
 
+def test_output_is_read_a_full_pipe_at_a_time() -> None:
+    """A job writing fast costs a read (a reactor turn, a spool write) per
+    64 KiB, not per 8 KiB: one doRead takes what a full pipe holds, and EOF
+    still ends the stream."""
+    read_end, write_end = os.pipe()
+    received: list[tuple[int, bytes]] = []
+
+    class Proc:
+        def childDataReceived(self, fd: int, data: bytes) -> None:
+            received.append((fd, data))
+
+    reader = runner.OutputReader(_reactor, Proc(), 1, read_end)
+    try:
+        reader.stopReading()
+        os.write(write_end, b"x" * 65536)
+        assert reader.doRead() is None
+        assert [(fd, len(data)) for fd, data in received] == [(1, 65536)]
+        os.close(write_end)
+        write_end = -1
+        assert reader.doRead() is not None  # CONNECTION_DONE
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+
+
 @bounded(120)
 async def test_large_output_below_the_cap_is_kept_exactly(make_harness: Any) -> None:
     """Tens of MiB of fast output are kept completely, in order, up to the cap."""
