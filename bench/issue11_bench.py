@@ -61,6 +61,8 @@ MIB = 1024**2
 TRUE = ["/bin/true"]
 #: Which code the daemons run: (name, PYTHONPATH or "" for this venv's).
 VARIANT = ["new", ""]
+#: More options for every daemon (--cmdd-arg).
+CMDD_ARGS: list[str] = []
 
 
 class Daemon:
@@ -72,7 +74,7 @@ class Daemon:
         self.port = free_port()
         argv = [
             twistd_path(), "-n", "--pidfile=", "cmdd", "--data-dir", str(self.data_dir),
-            "--listen", f"ssl:{self.port}:interface=127.0.0.1", *extra,
+            "--listen", f"ssl:{self.port}:interface=127.0.0.1", *extra, *CMDD_ARGS,
         ]  # fmt: skip
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
@@ -386,7 +388,11 @@ def main() -> None:
         "--old", metavar="DIR", help="also run DIR's cmdd (a `git archive` of cmdd/ and twisted/)"
     )
     parser.add_argument("--repeats", type=int, default=1, help="old/new rounds, interleaved")
+    parser.add_argument(
+        "--cmdd-arg", action="append", default=[], help="an option for every twistd cmdd"
+    )
     args = parser.parse_args()
+    CMDD_ARGS[:] = args.cmdd_arg
     parts = args.part or ["light", "busy", "capture"]
     variants = [("new", "")] + ([("old", args.old)] if args.old else [])
     out: dict[str, Any] = {"git": git_meta(), "quick": args.quick, "old": args.old, "runs": []}

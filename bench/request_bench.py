@@ -74,13 +74,14 @@ def build(tmp: str) -> tuple[Any, str, Any]:
     return site, token, clock
 
 
-def measure(n: int, rounds: int, profile: bool) -> dict[str, Any]:
+def measure(n: int, rounds: int, profile: bool, quiet: bool = False) -> dict[str, Any]:
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     devnull = open(os.devnull, "w")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(devnull)], redirectStandardIO=False)
+    observers = [] if quiet else [textFileLogObserver(devnull)]
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     with tempfile.TemporaryDirectory() as tmp:
         site, token, _ = build(tmp)
         site.startFactory()
@@ -126,10 +127,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--old", metavar="DIR")
+    parser.add_argument(
+        "--no-log", action="store_true", help="no log observer: what the log lines cost"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.n, args.rounds, args.profile)))
+        print(json.dumps(measure(args.n, args.rounds, args.profile, args.no_log)))
         return
     variants = [("new", "")] + ([("old", args.old)] if args.old else [])
     results: dict[str, list[float]] = {name: [] for name, _ in variants}
@@ -141,6 +145,8 @@ def main() -> None:
             argv = [sys.executable, __file__, "--child", "-n", str(args.n), "--rounds", "1"]
             if args.profile and name == "new":
                 argv.append("--profile")
+            if args.no_log:
+                argv.append("--no-log")
             done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise SystemExit(done.stderr[-3000:])
