@@ -10,7 +10,8 @@ the retention policy live here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -189,6 +190,22 @@ class History:
                 )
             )
         return after, durable
+
+    @property
+    def shares_writes(self) -> bool:
+        """Whether L{together} saves anything (the log writes in batches)."""
+        return hasattr(self._log, "together")
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Events recorded inside the block are made durable in one write
+        when the log can (the journal: one fsync), else one by one."""
+        together = getattr(self._log, "together", None)
+        if together is None:
+            yield
+            return
+        with together():
+            yield
 
     def _applied(self, _: object, event: Event) -> None:
         try:

@@ -18,10 +18,11 @@ daemon restarts. See docs/journal.md, "Full disk and I/O errors".
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -315,6 +316,8 @@ class JournalWriter:
         self._good = 0
         self._queue: collections.deque[_Append | _Compaction] = collections.deque()
         self._busy = False
+        #: Open L{together} blocks: appends wait for the last one to end.
+        self._held = 0
         self._idle_waiters: list[Deferred[None]] = []
         #: Why every append is refused until restart, once the journal
         #: could not be put back into a known state.
@@ -350,6 +353,17 @@ class JournalWriter:
         self._kick()
         return waiter
 
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Appends made inside the block go to the thread in one batch (one
+        write, one fsync) once it ends: durable together, or refused together."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self._kick()
+
     def compact(
         self, jobs: list[Job], at: float, next_id: int, extra: Sequence[Item] = ()
     ) -> Deferred[int]:
@@ -373,7 +387,7 @@ class JournalWriter:
         return self.broken or self.failing
 
     def _kick(self) -> None:
-        if self._busy:
+        if self._busy or self._held:
             return
         if not self._queue:
             idle, self._idle_waiters = self._idle_waiters, []

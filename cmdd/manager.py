@@ -221,23 +221,18 @@ class JobManager(Service):
             )
         if spec.timeout is None and self.limits.default_timeout is not None:
             spec = attrs.evolve(spec, timeout=self.limits.default_timeout)
-        job, durable = self.history.record(
-            Created(
-                self.store.allocate_id(),
-                self.clock.seconds(),
-                spec,
-                owner,
-                idempotency,
-                schedule_id,
-            )
+        created = Created(
+            self.store.allocate_id(), self.clock.seconds(), spec, owner, idempotency, schedule_id
         )
-        assert job is not None
-        if not scheduled:
-            # Queued at once: its start is journaled after its creation, and
-            # the process is spawned only once that start is durable. If the
-            # creation is refused, so is the start (see History).
-            self._enqueue(job)
-            self._schedule_pump()
+        with self.history.together():
+            job, durable = self.history.record(created)
+            assert job is not None
+            if not scheduled:
+                # Queued at once: its start is journaled after its creation,
+                # and the process is spawned only once that start is durable.
+                # If the creation is refused, so is the start (see History).
+                self._enqueue(job)
+                self._start_now_or_soon()
 
         def refused(failure: Failure) -> Job:
             self._queue.remove(job.id)
@@ -515,6 +510,22 @@ class JobManager(Service):
             for waiter in self._final_waiters.pop(job.id, []):
                 waiter.callback(job)
             self._output_flushed(job.id)
+
+    def _start_now_or_soon(self) -> None:
+        # With a slot free and nothing queued ahead, the start goes into the
+        # creation's journal write: one fsync and one reactor turn less
+        # between the POST and the spawn. The 202 still goes first (the
+        # creation's waiter fires before the start's). A log that is not
+        # written in batches gains nothing, and would spawn before the 202.
+        if (
+            self.history.shares_writes
+            and not self._backing_off
+            and len(self._queue) == 1
+            and len(self._running) < self.limits.max_running
+        ):
+            self._pump()
+        else:
+            self._schedule_pump()
 
     def _schedule_pump(self, delay: float = 0) -> None:
         # Start processes after the current request's response is written,

@@ -388,6 +388,32 @@ async def test_output_beyond_the_cap_is_counted_and_discarded(make_harness: Any)
     assert os.path.getsize(path) == 1000
 
 
+def test_output_is_read_a_full_pipe_at_a_time() -> None:
+    """A job writing fast costs a read (a reactor turn, a spool write) per
+    64 KiB, not per 8 KiB: one doRead takes what a full pipe holds, and EOF
+    still ends the stream."""
+    read_end, write_end = os.pipe()
+    received: list[tuple[int, bytes]] = []
+
+    class Proc:
+        def childDataReceived(self, fd: int, data: bytes) -> None:
+            received.append((fd, data))
+
+    reader = runner.OutputReader(_reactor, Proc(), 1, read_end)
+    try:
+        reader.stopReading()
+        os.write(write_end, b"x" * 65536)
+        assert reader.doRead() is None
+        assert [(fd, len(data)) for fd, data in received] == [(1, 65536)]
+        os.close(write_end)
+        write_end = -1
+        assert reader.doRead() is not None  # CONNECTION_DONE
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+
+
 @bounded(120)
 async def test_large_output_below_the_cap_is_kept_exactly(make_harness: Any) -> None:
     """Tens of MiB of fast output are kept completely, in order, up to the cap."""
@@ -566,6 +592,21 @@ async def test_max_running_limits_concurrency_and_keeps_fifo_order(
     # The third job could only start once one of the first two had ended.
     first_end = min(job.completed for job in finals[:2] if job.completed is not None)
     assert finals[2].started is not None and finals[2].started >= first_end
+
+
+@bounded(30)
+async def test_a_job_with_a_free_slot_costs_two_journal_writes(make_harness: Any) -> None:
+    """Its creation and its start share one write (one fsync), its end is the
+    other: a POST at light load waits for one fsync less before its process
+    runs, and the start is still durable before the spawn."""
+    harness = make_harness()
+    job = await harness.submit(command_line=["/bin/true"])
+    before = harness.journal.batches
+    final = await within(20, harness.manager.when_final(job.id))
+    assert final.state is State.SUCCEEDED
+    assert (before, harness.journal.batches) == (1, 2)
+    started = [event for event in harness.events if isinstance(event, Started)]
+    assert [event.job_id for event in started] == [job.id]
 
 
 @bounded(30)

@@ -253,6 +253,29 @@ async def test_writer_groups_commits_and_survives_compaction(tmp_path: Path) -> 
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 
+@pytest_twisted.ensureDeferred
+async def test_appends_made_together_share_one_write(tmp_path: Path) -> None:
+    """Records appended inside one C{together} block are written (and fsync'd)
+    in one batch, even though the first would otherwise go to disk alone."""
+    from twisted.internet import reactor
+
+    writer = JournalWriter(reactor, str(tmp_path / "journal.jsonl"), fsync=True)
+    writer.open()
+    try:
+        history = History(JobStore(), writer, reactor)
+        assert history.shares_writes
+        with history.together():
+            waiters = [history.record(event)[1] for event in life(1)]
+            assert writer.batches == 0
+        for waiter in waiters:
+            await waiter
+        assert writer.batches == 1
+    finally:
+        await writer.close()
+    replayed, _ = load(tmp_path / "journal.jsonl")
+    assert [job.state for job in replayed.oldest_first()] == [State.FAILED]
+
+
 def test_no_compaction_when_nothing_can_be_dropped() -> None:
     """With keep-everything retention and no deletions, a big log is left alone
     (a compaction would hold up appends for nothing); one deletion enables it."""
