@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixtures imported from test_console_browser are parameters here)
 """More of the web console in a real browser: what a user sees when things
 go wrong (a bad pasted token, a daemon that stops answering a while),
 schedules managed from the page, the submit form's other fields, and
@@ -8,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 from test_client_cli import TlsDaemon
 from test_console_browser import (  # noqa: F401 (fixtures)
     DOCS,
@@ -26,8 +29,6 @@ from test_console_browser import (  # noqa: F401 (fixtures)
     text_of,
     wait,
 )
-from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 
 pytestmark = pytest.mark.integration
 
