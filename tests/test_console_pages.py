@@ -76,3 +76,33 @@ def _spans(driver: WebDriver, selector: str) -> list[Any]:
         ".map(s => [s.tagName, s.className, s.textContent])"
     )
     return list(driver.execute_script(script, selector))
+
+
+def test_basic_colours_become_classes_and_the_rest_is_stripped(
+    browser: WebDriver, daemon: TlsDaemon
+) -> None:
+    """Red, bright bold green and a background are spans with classes (their
+    text set as text); 256-colour, underline and an SGR holding HTML are
+    dropped, leaving plain text; nothing but spans is made."""
+    log_in(browser, daemon)
+    command = (
+        r"printf '\033[31mred\033[0m \033[1;92mbright\033[22;44mblue-bg\033[0m "
+        r"\033[38;5;196mx256\033[0m \033[4munder\033[0m \033[31;<b>m%s\n' '<i>i</i>'"
+    )
+    submit_form(browser, daemon, command)
+    wait(browser, lambda d: job_state(d) == "succeeded")
+    wait(browser, lambda d: "under" in text_of(d, "job-stdout"))
+    browser.execute_script(TRAP)
+    assert text_of(browser, "job-stdout") == "red brightblue-bg x256 under >m<i>i</i>"
+    coloured = [s for s in _spans(browser, "#job-stdout span span") if s[1]]
+    assert coloured == [
+        ["SPAN", "ansi-fg-1", "red"],
+        ["SPAN", "ansi-bold ansi-fg-10", "bright"],
+        ["SPAN", "ansi-fg-10 ansi-bg-4", "blue-bg"],
+    ]
+    tags = browser.execute_script(
+        "return [...document.querySelectorAll('#job-stdout *')].map(e => e.tagName)"
+    )
+    assert set(tags) == {"SPAN"}
+    assert browser.execute_script("return window.__xss") == "unset"
+    browser.save_screenshot(str(DOCS / "console-colours.png"))
