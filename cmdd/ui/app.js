@@ -62,6 +62,8 @@
       $("login-token").value = "";
       go("#/jobs");
     } catch (error) {
+      // Whatever went wrong (a 401, a token no header can carry), keep no session.
+      saveSession(null);
       if (!(error instanceof SessionEnded)) $("login-error").textContent = error.message;
       else $("login-error").textContent = "That token is invalid, expired or revoked.";
     }
@@ -234,8 +236,10 @@
     }, (error) => {
       if (controller.signal.aborted || error instanceof SessionEnded) return;
       showError("job-error", error);
-      // A refusal (no such job, deleted, forbidden) will not change by retrying.
-      if (error instanceof ApiError && error.status >= 400 && error.status < 500) return;
+      // A refusal (no such job, deleted, forbidden) will not change by retrying;
+      // 429 (too many requests) will.
+      if (error instanceof ApiError && error.status >= 400 && error.status < 500
+        && error.status !== 429) return;
       setTimeout(() => { if (!controller.signal.aborted) streamOutput(id, controller); }, REFRESH_MS);
     });
   }
@@ -311,14 +315,20 @@
     $("deliveries-table").parentElement.hidden = rows.length === 0;
   }
 
+  /** Whether the error shown on the job page is a refresh's (cleared by the next good one). */
+  let refreshFailed = false;
+
   async function refreshJob(id) {
     let job;
     try {
       job = await api("GET", "/api/jobs/" + id);
     } catch (error) {
       showError("job-error", error);
+      refreshFailed = true;
       return;
     }
+    if (refreshFailed) showError("job-error", null);
+    refreshFailed = false;
     renderJob(job);
     try {
       renderDeliveries(await api("GET", `/api/jobs/${id}/deliveries`));
