@@ -180,6 +180,8 @@ def log_in(driver: WebDriver, daemon: TlsDaemon) -> None:
     wait(
         driver,
         lambda d: d.find_element(By.ID, "jobs-view").is_displayed(),
+        # The password is checked with scrypt on a thread: slow on a busy CI.
+        timeout=30,
         message=f"no list: {text_of(driver, 'login-error')!r} at {driver.current_url}",
     )
     assert "signed in as alice" in text_of(driver, "who")
