@@ -14,6 +14,7 @@ import json
 import zlib
 from typing import Any
 
+import orjson
 from attrs import frozen
 
 from cmdd.jobs import (
@@ -226,7 +227,13 @@ def decode(line: bytes) -> Record:
         raise CorruptLine("checksum mismatch")
     try:
         # The whole line is JSON (the crc is its last field): no copy needed.
-        fields = json.loads(line)
+        # orjson parses a line in about half the time of json.loads (replay
+        # decodes millions of them); the stdlib takes the rare line orjson
+        # refuses but Python wrote (an integer beyond 64 bits, say).
+        try:
+            fields = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            fields = json.loads(line)
         return _record(fields)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptLine(f"undecodable record: {e}") from None

@@ -52,6 +52,13 @@ def test_every_event_type_round_trips() -> None:
         assert decode(line[:-1]) == Record(seq, item)
 
 
+def test_lines_the_fast_decoder_refuses_still_replay() -> None:
+    """A line Python wrote that orjson cannot parse (an exit code beyond 64
+    bits) decodes exactly as before, through the stdlib."""
+    ended = Ended(1, 12.0, Outcome(State.FAILED, exit_code=2**70))
+    assert decode(encode(3, ended)[:-1]) == Record(3, ended)
+
+
 def test_corruption_is_detected() -> None:
     """A changed byte or a cut line fails the checksum instead of replaying."""
     line = encode(1, life(1)[0])[:-1]
