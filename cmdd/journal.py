@@ -21,7 +21,7 @@ import collections
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -31,22 +31,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from cmdd.codec import CorruptLine, Item, Meta, Record, decode, encode, job_events
-from cmdd.files import (
-    REAL_OPS,
-    FileOps,
-    fsync_directory,
-    open_replacement,
-    remove_quietly,
-    write_all,
-)
+from cmdd.codec import CorruptLine, Item, Meta, Record, decode, encode
+from cmdd.compaction import COMPACT_SUFFIX, write_aside
+from cmdd.compaction import snapshot_lines as snapshot_lines
+from cmdd.compaction import write_atomically as write_atomically
+from cmdd.files import REAL_OPS, FileOps, fsync_directory, remove_quietly, write_all
 from cmdd.jobs import Job
 
 log = Logger()
 
 JOURNAL_NAME = "journal.jsonl"
 QUARANTINE_NAME = "journal.quarantine"
-COMPACT_SUFFIX = ".compact"
 
 
 class JournalFailed(Exception):  # noqa: N818 (reads better at the raise site)
@@ -89,6 +84,8 @@ def replay(
     recover: bool = False,
     repair: bool = True,
     on_damage: Damage | None = None,
+    offset: int = 0,
+    lines_before: int = 0,
 ) -> ReplayReport:
     """Feed every record of the journal at C{path} to C{apply}, in order.
 
@@ -97,16 +94,20 @@ def replay(
     unless C{recover} (it is then copied to the quarantine file and skipped)
     or C{on_damage} is given (it is told and the line skipped). C{apply} may
     raise C{ValueError} (an impossible event): such a line is damaged too.
+
+    With C{offset}, replay starts that many bytes (C{lines_before} lines)
+    into the file: the part before it was loaded from a snapshot.
     """
     report = ReplayReport()
     try:
         journal = open(path, "rb")
     except FileNotFoundError:
         return report
-    good_end = position = 0
+    good_end = position = offset
     bad: list[tuple[int, bytes, str]] = []
     with journal:
-        line_number = 0
+        journal.seek(offset)
+        line_number = lines_before
         for line in journal:
             line_number += 1
             # Counted, not tell()'d: tell() per line costs more than the sum.
@@ -192,69 +193,6 @@ def lock_data_dir(data_dir: str) -> int:
             f"another cmdd process is using {data_dir} (it holds {data_dir}/lock)"
         ) from None
     return fd
-
-
-def snapshot_lines(
-    jobs: Iterable[Job], seq: int, at: float, next_id: int, extra: Iterable[Item] = ()
-) -> Iterable[bytes]:
-    """The lines of a compacted journal holding exactly C{jobs} (and the
-    sections' C{extra} records, such as the schedules)."""
-    yield encode(seq, Meta(at, next_id))
-    for job in jobs:
-        for event in job_events(job):
-            yield encode(seq, event)
-    for item in extra:
-        yield encode(seq, item)
-
-
-def _write_snapshot(path: str, lines: Iterable[bytes], ops: FileOps) -> tuple[str, int]:
-    """Write C{lines} to C{path}'s temporary file and fsync it.
-
-    On any failure, an interruption included, the temporary file is removed:
-    a compaction that did not finish leaves nothing behind.
-
-    @return: the temporary file's name and size.
-    """
-    temporary = path + COMPACT_SUFFIX
-    size = 0
-    fd = open_replacement(path, temporary, ops)
-    try:
-        try:
-            buffer: list[bytes] = []
-            buffered = 0
-            for line in lines:
-                buffer.append(line)
-                buffered += len(line)
-                if buffered >= 1 << 20:
-                    size += write_all(fd, b"".join(buffer), ops)
-                    buffer, buffered = [], 0
-            size += write_all(fd, b"".join(buffer), ops)
-            ops.fsync(fd)
-        finally:
-            ops.close(fd)
-    except BaseException:
-        remove_quietly(temporary, ops)
-        raise
-    return temporary, size
-
-
-def write_atomically(path: str, lines: Iterable[bytes], ops: FileOps = REAL_OPS) -> int:
-    """Replace C{path} with C{lines}: temp file, fsync, rename, fsync dir.
-
-    The new file keeps the old one's owner when root writes it (C{cmdd
-    journal compact} as root): see L{cmdd.files.open_replacement}. A failure
-    or an interruption (Ctrl-C) leaves the old file and no temporary one.
-
-    @return: the new file's size.
-    """
-    temporary, size = _write_snapshot(path, lines, ops)
-    try:
-        ops.replace(temporary, path)
-    except BaseException:
-        remove_quietly(temporary, ops)
-        raise
-    fsync_directory(os.path.dirname(path), ops)
-    return size
 
 
 @attrs.define
@@ -449,15 +387,13 @@ class JournalWriter:
 
     def _compact(self, compaction: _Compaction) -> int:
         assert self._fd is not None
-        temporary, size = _write_snapshot(
+        temporary, size = write_aside(
             self.path,
-            snapshot_lines(
-                compaction.jobs,
-                compaction.seq,
-                compaction.at,
-                compaction.next_id,
-                compaction.extra,
-            ),
+            compaction.jobs,
+            compaction.seq,
+            compaction.at,
+            compaction.next_id,
+            compaction.extra,
             self._ops,
         )
         # Open the new file before it replaces the old one: if that fails,
