@@ -26,7 +26,7 @@ import attrs
 import orjson
 from twisted.logger import Logger
 
-from cmdd.codec import Item, decode, decode_spec, encode, spec_fields
+from cmdd.codec import Item, decode, encode, spec_fields
 from cmdd.files import (
     REAL_OPS,
     FileOps,
@@ -36,6 +36,7 @@ from cmdd.files import (
     write_all,
 )
 from cmdd.jobs import CallbackDone, Idempotency, Job, Outcome, State
+from cmdd.spec import JobSpec
 
 log = Logger()
 
@@ -104,42 +105,82 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+_STATES = {state.value: state for state in State}
+
+
+class RowDecoder:
+    """Turns rows into jobs, sharing the strings many jobs repeat (owner,
+    host, reason): a million finished jobs keep a handful of those, not a
+    million copies."""
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+
+    def _shared(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if type(value) is not str:
+            raise TypeError(f"expected a string, got {value!r}")
+        return self._strings.setdefault(value, value)
+
+    def _owner(self, value: Any) -> str:
+        if type(value) is not str:
+            raise TypeError(f"the owner is not a string: {value!r}")
+        return self._strings.setdefault(value, value)
+
+    def job(self, row: list[Any]) -> Job:
+        """The job a row holds.
+
+        @raise ValueError, TypeError, KeyError, IndexError: not a version 1 row.
+        """
+        (job_id, created, owner, spec, state, started, completed, outcome, idem, host,
+         callbacks, released, schedule_id) = row  # fmt: skip
+        return Job(
+            int(job_id),
+            _spec(spec),
+            _STATES[state],
+            float(created),
+            self._owner(owner),
+            _float(started),
+            _float(completed),
+            None if outcome is None else self._outcome(outcome),
+            None if idem is None else Idempotency(str(idem[0]), str(idem[1])),
+            self._shared(host),
+            tuple(
+                CallbackDone(job_id, float(c[0]), int(c[1]), bool(c[2]), int(c[3]), c[4], c[5])
+                for c in callbacks
+            ),
+            _float(released),
+            None if schedule_id is None else int(schedule_id),
+        )
+
+    def _outcome(self, fields: list[Any]) -> Outcome:
+        (state, exit_code, signal, reason, out, err, out_cut, err_cut, cancelled_by,
+         output_error) = fields  # fmt: skip
+        return Outcome(
+            _STATES[state], exit_code, signal, self._shared(reason), int(out), int(err),
+            bool(out_cut), bool(err_cut), self._shared(cancelled_by), output_error,
+        )  # fmt: skip
+
+
+def _spec(fields: Any) -> JobSpec:
+    # The row's spec is spec_fields() of a JobSpec: its keys are the
+    # attribute names. Not decode_spec's checks: this file's checksum
+    # already vouches for it, and this runs a million times per start.
+    if type(fields) is not dict:
+        raise TypeError("spec is not an object")
+    line = fields.get("command_line")
+    if line is not None:
+        fields["command_line"] = tuple(line)
+    spec = JobSpec(**fields)
+    if (spec.command is None) == (spec.command_line is None):
+        raise ValueError("a stored spec has exactly one of command and command_line")
+    return spec
+
+
 def job_from_row(row: list[Any]) -> Job:
-    """The job a row holds.
-
-    @raise ValueError, TypeError, KeyError, IndexError: not a version 1 row.
-    """
-    (job_id, created, owner, spec, state, started, completed, outcome, idem, host,
-     callbacks, released, schedule_id) = row  # fmt: skip
-    if not isinstance(owner, str) or (host is not None and not isinstance(host, str)):
-        raise TypeError("owner and host are strings")
-    return Job(
-        id=int(job_id),
-        spec=decode_spec(spec),
-        state=State(state),
-        created=float(created),
-        owner=owner,
-        started=_float(started),
-        completed=_float(completed),
-        outcome=None if outcome is None else _outcome(outcome),
-        idempotency=None if idem is None else Idempotency(str(idem[0]), str(idem[1])),
-        host=host,
-        callbacks_done=tuple(
-            CallbackDone(int(job_id), float(c[0]), int(c[1]), bool(c[2]), int(c[3]), c[4], c[5])
-            for c in callbacks
-        ),
-        released=_float(released),
-        schedule_id=None if schedule_id is None else int(schedule_id),
-    )
-
-
-def _outcome(fields: list[Any]) -> Outcome:
-    (state, exit_code, signal, reason, out, err, out_cut, err_cut, cancelled_by,
-     output_error) = fields  # fmt: skip
-    return Outcome(
-        State(state), exit_code, signal, reason, int(out), int(err), bool(out_cut),
-        bool(err_cut), cancelled_by, output_error,
-    )  # fmt: skip
+    """The job a row holds (see L{RowDecoder})."""
+    return RowDecoder().job(row)
 
 
 def snapshot_rows(jobs: Iterable[Job], extra: Iterable[Item], seq: int) -> Iterator[bytes]:
@@ -212,6 +253,7 @@ def parse_body(data: bytes, end: int, prefix: JournalPrefix, count: int) -> Load
     loaded = Loaded(prefix, [], [])
     position = 0
     view = memoryview(data)
+    rows = RowDecoder()
     try:
         while position < end:
             newline = data.index(b"\n", position, end)
@@ -220,7 +262,7 @@ def parse_body(data: bytes, end: int, prefix: JournalPrefix, count: int) -> Load
             if isinstance(row, str):
                 loaded.items.append(decode(row.encode("utf-8")).item)
             else:
-                loaded.jobs.append(job_from_row(row))
+                loaded.jobs.append(rows.job(row))
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise SnapshotUnusable(f"row {len(loaded.jobs) + len(loaded.items) + 1}: {e}") from None
     if len(loaded.jobs) != count:

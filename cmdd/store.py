@@ -106,12 +106,22 @@ class JobStore:
             raise ValueError("jobs are not in increasing id order")
         self._jobs = {job.id: job for job in jobs}
         self._ids = list(self._jobs)
+        # A pass per state and per owner compares by identity: hashing an
+        # enum member runs Python code, a million times here.
+        for state in State:
+            self._by_state[state] = [job.id for job in jobs if job.state is state]
+            self.counts[state] = len(self._by_state[state])
+        owners = {job.owner for job in jobs}
+        if len(owners) <= 16:
+            for owner in owners:
+                self._by_owner[owner] = [job.id for job in jobs if job.owner == owner]
+        else:
+            for job in jobs:
+                self._by_owner.setdefault(job.owner, []).append(job.id)
         for job in jobs:
-            self.counts[job.state] += 1
-            self._by_state[job.state].append(job.id)
-            self._by_owner.setdefault(job.owner, []).append(job.id)
-            for label in job.spec.labels.items():
-                self._by_label.setdefault(label, []).append(job.id)
+            if job.spec.labels:
+                for label in job.spec.labels.items():
+                    self._by_label.setdefault(label, []).append(job.id)
         if jobs:
             self._next_id = max(self._next_id, jobs[-1].id + 1)
         for job in jobs:
