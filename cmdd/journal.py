@@ -209,6 +209,19 @@ class _Compaction:
     next_id: int
     waiter: Deferred[int]
     extra: Sequence[Item] = ()
+    #: The old file's size once every record up to C{seq} was in it.
+    mark: int = 0
+
+
+@attrs.define
+class _Swap:
+    """Put a compacted file written aside in place (on the journal thread)."""
+
+    compaction: _Compaction
+    temporary: str
+    size: int
+    #: The old file's bytes up to here are already copied after C{size}.
+    copied: int
 
 
 class JournalWriter:
@@ -247,11 +260,16 @@ class JournalWriter:
         self._ops = ops
         self.seq = seq
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cmdd-journal")
+        # Compaction writes its new file on a thread of its own, for tens of
+        # seconds with a big history, while appends go on in the old file.
+        self._aside_pool = ThreadPool(minthreads=0, maxthreads=1, name="cmdd-compact")
+        #: The compaction whose new file is being written aside.
+        self._aside: _Compaction | None = None
         self._fd: int | None = None
         #: The file's size as the last successful write (and fsync) left it;
         #: owned by the thread while a task runs.
         self._good = 0
-        self._queue: collections.deque[_Append | _Compaction] = collections.deque()
+        self._queue: collections.deque[_Append | _Compaction | _Swap] = collections.deque()
         self._busy = False
         self._idle_waiters: list[Deferred[None]] = []
         #: Why every append is refused until restart, once the journal
@@ -276,6 +294,7 @@ class JournalWriter:
             fsync_directory(os.path.dirname(self.path), self._ops)
         self.size = self._good = os.fstat(self._fd).st_size
         self._pool.start()
+        self._aside_pool.start()
 
     def append(self, item: Item) -> Deferred[None]:
         """Queue a record; the Deferred fires once it is durable."""
@@ -294,9 +313,12 @@ class JournalWriter:
         """Rewrite the journal as C{jobs} (a snapshot taken now), atomically.
 
         Every record appended before this call is written to the old file
-        first; every later one goes to the new file, so none is lost or
-        doubled. If one of the earlier records is refused, the compaction
-        is refused too (its snapshot holds that record).
+        first. The new file is then written aside while later appends go on
+        in the old one; the swap copies those (already durable) lines after
+        the snapshot and renames the new file in, so none is lost or
+        doubled, and appends wait only for that tail copy. If one of the
+        earlier records is refused, the compaction is refused too (its
+        snapshot holds that record).
         """
         if self.broken is not None or self._fd is None:
             return fail(JournalFailed(self.broken or "the journal is closed"))
@@ -314,15 +336,23 @@ class JournalWriter:
         if self._busy:
             return
         if not self._queue:
-            idle, self._idle_waiters = self._idle_waiters, []
-            for idle_waiter in idle:
-                idle_waiter.callback(None)
+            if self._aside is None:
+                idle, self._idle_waiters = self._idle_waiters, []
+                for idle_waiter in idle:
+                    idle_waiter.callback(None)
             return
-        self._busy = True
         head = self._queue[0]
         if isinstance(head, _Compaction):
+            if self._aside is not None:
+                return  # one at a time: this one, and what is behind it, waits
             self._queue.popleft()
-            self._run(self._compact_in_thread, head).addCallbacks(
+            self._start_aside(head)
+            self._kick()
+            return
+        self._busy = True
+        if isinstance(head, _Swap):
+            self._queue.popleft()
+            self._run(self._swap, head).addCallbacks(
                 self._compaction_done,
                 self._compaction_failed,
                 callbackArgs=(head,),
@@ -337,6 +367,19 @@ class JournalWriter:
         data = b"".join(entry.line for entry in batch)
         self._run(self._write_batch, data).addCallbacks(
             self._batch_done, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _start_aside(self, compaction: _Compaction) -> None:
+        # Not busy: the journal thread is idle, so _good is the reactor's to read.
+        compaction.mark = self._good
+        self._aside = compaction
+        deferToThreadPool(
+            self._reactor, self._aside_pool, self._write_aside, compaction
+        ).addCallbacks(
+            self._aside_written,
+            self._aside_failed,
+            callbackArgs=(compaction,),
+            errbackArgs=(compaction,),
         )
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -379,36 +422,78 @@ class JournalWriter:
                 "it refuses every record until cmdd restarts"
             )
 
-    def _compact_in_thread(self, compaction: _Compaction) -> int:
+    def _write_aside(self, compaction: _Compaction) -> tuple[str, int, int]:
+        """On the compaction thread: write the new file, then copy into it
+        the old file's lines appended meanwhile (durable, so immutable)."""
         try:
-            return self._compact(compaction)
+            temporary, size = write_aside(
+                self.path,
+                compaction.jobs,
+                compaction.seq,
+                compaction.at,
+                compaction.next_id,
+                compaction.extra,
+                self._ops,
+            )
+            try:
+                # _good only grows past bytes already fsync'd (a failed write
+                # cuts back to it, never below): reading it here is safe.
+                copied = self._copy_tail(temporary, compaction.mark, self._good)
+            except BaseException:
+                remove_quietly(temporary, self._ops)
+                raise
         except OSError as e:
             raise JournalFailed(f"cannot compact the journal {self.path}: {e}") from e
+        return temporary, size, copied
 
-    def _compact(self, compaction: _Compaction) -> int:
+    def _copy_tail(self, temporary: str, start: int, end: int, fd: int | None = None) -> int:
+        """Append the old file's bytes [start, end) to C{temporary}; returns C{end}."""
+        if end <= start:
+            return start
+        source = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        target = fd
+        try:
+            if target is None:
+                target = self._ops.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            position = start
+            while position < end:
+                chunk = os.pread(source, min(end - position, 1 << 22), position)
+                if not chunk:
+                    raise OSError(f"the journal ends at {position}, before {end}")
+                write_all(target, chunk, self._ops)
+                position += len(chunk)
+        finally:
+            os.close(source)
+            if fd is None and target is not None:
+                self._ops.close(target)
+        return end
+
+    def _swap(self, swap: _Swap) -> int:
+        """On the journal thread (appends wait): copy the last of the tail,
+        fsync, rename the new file in and append to it from now on."""
         assert self._fd is not None
-        temporary, size = write_aside(
-            self.path,
-            compaction.jobs,
-            compaction.seq,
-            compaction.at,
-            compaction.next_id,
-            compaction.extra,
-            self._ops,
-        )
-        # Open the new file before it replaces the old one: if that fails,
-        # appends simply go on in the old file. Swapped only after the rename.
         try:
-            new = self._ops.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        except BaseException:
-            remove_quietly(temporary, self._ops)
-            raise
-        try:
-            self._ops.replace(temporary, self.path)
-        except BaseException:
-            self._ops.close(new)
-            remove_quietly(temporary, self._ops)
-            raise
+            # Open the new file before it replaces the old one: if anything
+            # fails before the rename, appends simply go on in the old file.
+            try:
+                new = self._ops.open(
+                    swap.temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+            except BaseException:
+                remove_quietly(swap.temporary, self._ops)
+                raise
+            good = self._good
+            try:
+                self._copy_tail(swap.temporary, swap.copied, good, new)
+                self._ops.fsync(new)
+                self._ops.replace(swap.temporary, self.path)
+            except BaseException:
+                self._ops.close(new)
+                remove_quietly(swap.temporary, self._ops)
+                raise
+        except OSError as e:
+            raise JournalFailed(f"cannot compact the journal {self.path}: {e}") from e
+        size = swap.size + good - swap.compaction.mark
         old, self._fd, self._good = self._fd, new, size
         try:
             self._ops.close(old)
@@ -457,32 +542,61 @@ class JournalWriter:
             log.critical("{why}", why=self.broken)
         for entry in [*first, *behind]:
             self.refused += isinstance(entry, _Append)
-            entry.waiter.errback(failure)
+            if isinstance(entry, _Swap):
+                self._aside = None
+                self._discard(entry.temporary)
+                entry.compaction.waiter.errback(failure)
+            else:
+                entry.waiter.errback(failure)
         self._kick()
 
-    def _compaction_done(self, size: int, compaction: _Compaction) -> None:
+    def _aside_written(self, written: tuple[str, int, int], compaction: _Compaction) -> None:
+        temporary, size, copied = written
+        if self.broken is not None or self._fd is None:
+            self._aside = None
+            self._discard(temporary)
+            compaction.waiter.errback(JournalFailed(self.broken or "the journal is closed"))
+            self._kick()
+            return
+        # First in line: the appends queued now go to the old file first and
+        # are copied by the swap, or wait for it and go to the new one.
+        self._queue.appendleft(_Swap(compaction, temporary, size, copied))
+        self._kick()
+
+    def _aside_failed(self, failure: Failure, compaction: _Compaction) -> None:
+        # Nothing changed: the old file is the journal, appends went on in it.
+        self._aside = None
+        compaction.waiter.errback(failure)
+        self._kick()
+
+    def _discard(self, temporary: str) -> None:
+        deferToThreadPool(
+            self._reactor, self._aside_pool, remove_quietly, temporary, self._ops
+        ).addErrback(lambda _: None)
+
+    def _compaction_done(self, size: int, swap: _Swap) -> None:
         self._busy = False
+        self._aside = None
         self.size = size
-        compaction.waiter.callback(size)
+        swap.compaction.waiter.callback(size)
         self._kick()
 
-    def _compaction_failed(self, failure: Failure, compaction: _Compaction) -> None:
+    def _compaction_failed(self, failure: Failure, swap: _Swap) -> None:
         # A compaction that fails before its rename changes nothing: the
         # appends behind it go on in the old file. One that leaves the
         # journal broken refuses them.
+        self._busy = False
+        self._aside = None
+        swap.compaction.waiter.errback(failure)
         if self.broken is not None:
-            self._busy = False
-            compaction.waiter.errback(failure)
             self._refuse_all(failure, [])
             return
-        self._busy = False
-        compaction.waiter.errback(failure)
         self._kick()
 
     def when_idle(self) -> Deferred[None]:
         """Fires when everything appended so far is on disk (or refused)."""
         waiter: Deferred[None] = Deferred()
-        if not self._busy and not self._queue:
+        if not self._busy and not self._queue and self._aside is None:
             waiter.callback(None)
         else:
             self._idle_waiters.append(waiter)
@@ -494,4 +608,5 @@ class JournalWriter:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             self._pool.stop()
+            self._aside_pool.stop()
             self._ops.close(fd)
