@@ -15,7 +15,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from cmdd.codec import Record
-from cmdd.journal import ReplayReport, replay
+from cmdd.replay import ReplayReport, replay
 from cmdd.snapshot import Loaded, SnapshotUnusable, read_snapshot, snapshot_path
 from cmdd.store import JobStore
 
@@ -69,6 +69,7 @@ def restore(
         report.last_seq = max(report.last_seq, prefix.seq)
         report.next_id = max(report.next_id, prefix.next_id)
         report.records += prefix.lines
+        report.snapshot_bytes = prefix.size
         log.info(
             "journal snapshot: {jobs} jobs loaded, {lines} journal lines after it replayed",
             jobs=len(loaded.jobs),

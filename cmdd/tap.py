@@ -476,6 +476,8 @@ class CmddService(MultiService):
         )
         self.journal.seq = report.last_seq
         self.journal.open()
+        # Without a snapshot, a big journal compacts (and gets one) soon.
+        self.history.note_compacted(report.snapshot_bytes)
         self._end_leftovers()
         adopted = self.manager.adopt_history()
         log.info(
