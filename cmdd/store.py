@@ -165,6 +165,10 @@ class JobStore:
         for index in range(end - 1, -1, -1):
             yield self._jobs[ids[index]]
 
+    def id_list(self, ids: Sequence[int] | None = None) -> list[int]:
+        """A copy of the sorted id index C{ids} (all ids when C{None})."""
+        return list(self._ids if ids is None else ids)
+
     def narrowest_index(
         self,
         states: Iterable[State] = (),
