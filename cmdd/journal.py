@@ -289,6 +289,7 @@ class JournalWriter:
                 compaction.next_id,
                 compaction.extra,
                 self._ops,
+                pace=True,
             )
             try:
                 # _good only grows past bytes already fsync'd (a failed write
