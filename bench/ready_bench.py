@@ -146,7 +146,34 @@ def fresh_dir(name: str, journal: str | None) -> Path:
     path.mkdir(parents=True)
     if journal is not None:
         shutil.copyfile(journal, path / "journal.jsonl")
+        snapshot = Path(journal).with_name("journal.snapshot")
+        if snapshot.exists():
+            shutil.copyfile(snapshot, path / "journal.snapshot")
     return path
+
+
+def compacted_journal(journal: str) -> str:
+    """A copy of C{journal} compacted by ``cmdd journal compact`` (with the
+    snapshot it writes, if this cmdd writes one), made once and cached."""
+    source = Path(journal)
+    target_dir = source.parent.with_name(source.parent.name + "-compacted")
+    target = target_dir / "journal.jsonl"
+    stamp = target_dir / "compacted-from.json"
+    expected = {"bytes": source.stat().st_size, "tree": TREE or str(benchlib.ROOT)}
+    if target.exists() and stamp.exists() and json.loads(stamp.read_text()) == expected:
+        return str(target)
+    shutil.rmtree(target_dir, ignore_errors=True)
+    target_dir.mkdir(parents=True)
+    shutil.copyfile(source, target)
+    print(f"compacting a copy of {source} ...", flush=True)
+    subprocess.run(
+        [str(Path(sys.executable).with_name("cmdd")), "journal", "compact",
+         "--data-dir", str(target_dir)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": TREE} if TREE else None,
+    )  # fmt: skip
+    stamp.write_text(json.dumps(expected))
+    return str(target)
 
 
 def cmdd_ready(journal: str | None, jobs: int, head_of_line: bool) -> dict[str, Any]:
@@ -221,6 +248,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="interleaved repeats (2)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--tree", default="", help="run the cmdd of this checkout (a baseline)")
+    parser.add_argument(
+        "--compacted",
+        action="store_true",
+        help="start on the journal as `cmdd journal compact` leaves it (with its snapshot)",
+    )
     args = parser.parse_args()
     global TREE
     TREE = os.path.abspath(args.tree) if args.tree else ""
@@ -228,6 +260,8 @@ def main() -> None:
     repeat = 1 if args.quick else args.repeat
     began = time.time()
     journals = {n: ensure_journal(n) for n in sizes}
+    if args.compacted:
+        journals = {n: compacted_journal(path) for n, path in journals.items()}
     empty = [cmdd_ready(None, 0, False)["rss"] for _ in range(2)]
     empty_rss = min(empty)
     print(f"empty daemon RSS {empty_rss / 2**20:.1f} MiB", flush=True)
@@ -274,6 +308,7 @@ def main() -> None:
         "seconds": round(time.time() - began, 1),
         "git": benchlib.git_meta(),
         "tree": TREE or str(benchlib.ROOT),
+        "compacted": args.compacted,
         "empty_rss": empty_rss,
         "results": results,
     }

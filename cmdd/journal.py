@@ -46,6 +46,10 @@ from cmdd.replay import replay as replay
 
 log = Logger()
 
+#: Bytes of tail the swap may copy while appends wait (~5,000 lines).
+_SWAP_TAIL = 1 << 20
+
+
 class JournalFailed(Exception):  # noqa: N818 (reads better at the raise site)
     """The journal refused a record: nothing of it is in the file."""
 
@@ -294,7 +298,13 @@ class JournalWriter:
             try:
                 # _good only grows past bytes already fsync'd (a failed write
                 # cuts back to it, never below): reading it here is safe.
-                copied = self._copy_tail(temporary, compaction.mark, self._good)
+                copied = compaction.mark
+                # Catch up until little is left for the swap, which appends
+                # wait for (appends go on meanwhile: a few rounds at most).
+                for _ in range(8):
+                    copied = self._copy_tail(temporary, copied, self._good)
+                    if self._good - copied < _SWAP_TAIL:
+                        break
             except BaseException:
                 remove_quietly(temporary, self._ops)
                 raise
