@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import heapq
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -296,15 +297,21 @@ def run_query(query: JobQuery, store: Rows) -> tuple[list[Job], str | None]:
     if query.sort == "-created":
         rows = store.newest_first(query.after[1] if query.after else None, index)
     else:
-        matching = [job for job in store.newest_first(None, index) if query.matches(job)]
-        matching.sort(key=lambda job: (key(job), job.id), reverse=descending)
-        rows = matching
+        matching: Iterable[Job] = (
+            job for job in store.newest_first(None, index) if query.matches(job)
+        )
         if query.after is not None:
             mark = query.after
-            rows = [
+            matching = (
                 job for job in matching
                 if ((key(job), job.id) < mark if descending else (key(job), job.id) > mark)
-            ]  # fmt: skip
+            )  # fmt: skip
+        # The page and one more (is there a next page?), not a sort of every
+        # match: list.sort of a million holds the GIL for seconds in one C
+        # call, even on a worker thread. Keys are unique (the id breaks ties),
+        # so this is exactly the head of the sorted list.
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        rows = pick(query.limit + 1, matching, key=lambda job: (key(job), job.id))
     taken: list[Job] = []
     for job in rows:
         if not query.matches(job):
