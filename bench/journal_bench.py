@@ -403,6 +403,7 @@ async def run_compaction_stall(
             "appends_durable": len(waits),
             "appends_per_s": len(waits) / (stop - start),
             "wait_p50_ms": percentile(waits, 0.5) * 1e3 if waits else None,
+            "wait_p99_ms": percentile(waits, 0.99) * 1e3 if waits else None,
             "wait_max_ms": max(waits) * 1e3 if waits else None,
             "timer_lateness_p50_ms": percentile(lateness, 0.5) * 1e3 if lateness else None,
             "timer_lateness_max_ms": max(lateness) * 1e3 if lateness else None,

@@ -32,7 +32,7 @@ from cmdd.manager import JobManager
 from cmdd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cmdd.metrics import DaemonMetrics
 from cmdd.openapi import description
-from cmdd.query import parse_number, parse_query, run_query, trim
+from cmdd.query import JobQuery, PointInTime, parse_number, parse_query, run_query, scans, trim
 from cmdd.representations import (
     JOB_FIELDS,
     RESULT_FIELDS,
@@ -241,7 +241,7 @@ class CmddAPI:
         return _accepted(request, job)
 
     @app.route("/api/jobs", methods=["GET"])
-    def list_jobs(self, request: IRequest) -> bytes:
+    def list_jobs(self, request: IRequest) -> bytes | Deferred[bytes]:
         return self._list(request, "jobs", job_json, JOB_FIELDS)
 
     @app.route("/api/jobs/<job_id>", methods=["GET"])
@@ -348,7 +348,7 @@ class CmddAPI:
     # --- statuses --------------------------------------------------------
 
     @app.route("/api/statuses", methods=["GET"])
-    def list_statuses(self, request: IRequest) -> bytes:
+    def list_statuses(self, request: IRequest) -> bytes | Deferred[bytes]:
         return self._list(request, "statuses", status_json, STATUS_FIELDS)
 
     @app.route("/api/statuses/<job_id>", methods=["GET"])
@@ -367,7 +367,7 @@ class CmddAPI:
     # --- results ---------------------------------------------------------
 
     @app.route("/api/results", methods=["GET"])
-    def list_results(self, request: IRequest) -> bytes:
+    def list_results(self, request: IRequest) -> bytes | Deferred[bytes]:
         return self._list(request, "results", result_json, RESULT_FIELDS, final_only=True)
 
     @app.route("/api/results/<job_id>", methods=["GET"])
@@ -518,7 +518,7 @@ class CmddAPI:
         represent: Callable[[Job], dict[str, Any]],
         fields: frozenset[str],
         final_only: bool = False,
-    ) -> bytes:
+    ) -> bytes | Deferred[bytes]:
         query = parse_query(_args(request), fields, final_only=final_only)
         principal = principal_of(request)
         if query.owner is not None and not principal.may_see(query.owner):
@@ -527,7 +527,28 @@ class CmddAPI:
             )
         if not principal.is_admin:
             query = attrs.evolve(query, owner=principal.name)
+        if scans(query):
+            # Walking a million jobs takes seconds: on a thread, over a copy
+            # of the ids taken now, so the reactor serves everyone meanwhile.
+            view = PointInTime(self._manager.store, query)
+            found: Deferred[tuple[list[Job], str | None]] = self._run_blocking(
+                run_query, query, view
+            )
+            return found.addCallback(
+                lambda page: self._page(request, key, represent, query, *page)
+            )
         jobs, cursor = run_query(query, self._manager.store)
+        return self._page(request, key, represent, query, jobs, cursor)
+
+    def _page(
+        self,
+        request: IRequest,
+        key: str,
+        represent: Callable[[Job], dict[str, Any]],
+        query: JobQuery,
+        jobs: list[Job],
+        cursor: str | None,
+    ) -> bytes:
         body: dict[str, Any] = {
             key: [trim(represent(job), query.fields) for job in jobs],
             "next": None,

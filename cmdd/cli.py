@@ -135,6 +135,7 @@ def _verify(data_dir: str) -> int:
             f"problem: line {result.torn_tail_line}: torn last write "
             "(cut automatically at the next start)"
         )
+    print(f"snapshot: {result.snapshot}")
     print("OK" if result.ok else "DAMAGED")
     return 0 if result.ok else 1
 

@@ -179,11 +179,7 @@ class History:
         durable = self._log.append(event).addCallbacks(
             self._applied, self._refused, callbackArgs=(event,), errbackArgs=(generation,)
         )
-        if (
-            self._log.size >= self.compact_bytes
-            and not self._compacting
-            and self._compaction_can_shrink()
-        ):
+        if self._log.size >= self.compact_bytes and not self._compacting:
             self.compact().addErrback(
                 lambda failure: log.error(
                     "journal compaction failed: {why}", why=failure.getErrorMessage()
@@ -250,10 +246,18 @@ class History:
             jobs = sorted(jobs + new, key=lambda job: job.id)
         return jobs
 
-    def _compaction_can_shrink(self) -> bool:
-        # A journal whose jobs were never deleted holds nothing to drop, and
-        # appends wait while a compaction writes: only compact when it pays.
-        return self.deleted_since_compaction > 0 or not self.retention.keeps_everything
+    def note_compacted(self, size: int) -> None:
+        """The journal's first C{size} bytes are compacted (and, at start-up,
+        were loaded from the snapshot): compact again once it has grown by
+        C{compact_bytes} or an eighth of that, whichever is more.
+
+        Even with nothing to drop: appends no longer wait for a compaction,
+        and its snapshot is what keeps a restart from replaying everything.
+        The eighth bounds the lines a restart replays to ~12% of the history
+        and the rewriting to ~8 bytes per byte appended.
+        """
+        configured = self._configured_compact_bytes
+        self.compact_bytes = size + max(configured, size // 8) if size else configured
 
     def compact(self) -> Deferred[int]:
         """Apply retention, then rewrite the log as the live jobs; fires with its size."""
@@ -274,8 +278,7 @@ class History:
 
         def done(size: int) -> None:
             self.compactions += 1
-            # Compact again only once the log has grown past twice its live size.
-            self.compact_bytes = max(self._configured_compact_bytes, 2 * size)
+            self.note_compacted(size)
             log.info(
                 "journal compacted: {jobs} jobs, {size} bytes, {dropped} dropped by retention",
                 jobs=len(jobs),

@@ -211,6 +211,23 @@ class CallbackDone:
 Event = Created | Released | Modified | Started | Submitted | Ended | Deleted | CallbackDone
 
 
+def job_events(job: Job) -> list[Event]:
+    """Events that rebuild C{job} exactly as it is (for compaction)."""
+    events: list[Event] = [
+        Created(job.id, job.created, job.spec, job.owner, job.idempotency, job.schedule_id)
+    ]
+    if job.released is not None:
+        events.append(Released(job.id, job.released))
+    if job.started is not None:
+        events.append(Started(job.id, job.started, job.host))
+    if job.slurm_job_id is not None and job.started is not None:
+        events.append(Submitted(job.id, job.started, job.slurm_job_id))
+    if job.outcome is not None and job.completed is not None:
+        events.append(Ended(job.id, job.completed, job.outcome))
+    events.extend(job.callbacks_done)
+    return events
+
+
 class InvalidTransitionError(ValueError):
     """An event that cannot happen to the job in its current state."""
 

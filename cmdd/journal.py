@@ -1,4 +1,4 @@
-"""The journal file: replay at start, appends with group commit, compaction.
+"""The journal file: appends with group commit, and compaction (replay is in cmdd.replay).
 
 All writes and fsyncs happen on one dedicated thread, in submission order:
 an fsync takes milliseconds and must never stall the reactor. Appends that
@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -32,230 +31,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from cmdd.codec import CorruptLine, Item, Meta, Record, decode, encode, job_events
-from cmdd.files import (
-    REAL_OPS,
-    FileOps,
-    fsync_directory,
-    open_replacement,
-    remove_quietly,
-    write_all,
-)
+from cmdd.codec import Item, encode
+from cmdd.compaction import COMPACT_SUFFIX, write_aside
+from cmdd.compaction import snapshot_lines as snapshot_lines
+from cmdd.compaction import write_atomically as write_atomically
+from cmdd.files import REAL_OPS, FileOps, fsync_directory, remove_quietly, write_all
 from cmdd.jobs import Job
+from cmdd.replay import JOURNAL_NAME as JOURNAL_NAME
+from cmdd.replay import QUARANTINE_NAME as QUARANTINE_NAME
+from cmdd.replay import DataDirLocked as DataDirLocked
+from cmdd.replay import JournalCorrupt as JournalCorrupt
+from cmdd.replay import ReplayReport as ReplayReport
+from cmdd.replay import lock_data_dir as lock_data_dir
+from cmdd.replay import replay as replay
 
 log = Logger()
 
-JOURNAL_NAME = "journal.jsonl"
-QUARANTINE_NAME = "journal.quarantine"
-COMPACT_SUFFIX = ".compact"
+#: Bytes of tail the swap may copy while appends wait (~5,000 lines).
+_SWAP_TAIL = 1 << 20
 
 
 class JournalFailed(Exception):  # noqa: N818 (reads better at the raise site)
     """The journal refused a record: nothing of it is in the file."""
-
-
-class JournalCorrupt(Exception):  # noqa: N818 (reads better at the raise site)
-    """A damaged line in the middle of the journal; start-up must not guess."""
-
-    def __init__(self, path: str, line_number: int, why: str) -> None:
-        super().__init__(
-            f"{path} line {line_number}: {why}. The journal is damaged before its last "
-            "line. Start with --journal-recover to move bad lines to "
-            f"{QUARANTINE_NAME} and go on, or restore the file from a backup."
-        )
-        self.path = path
-        self.line_number = line_number
-
-
-@attrs.define
-class ReplayReport:
-    """What replaying a journal found."""
-
-    records: int = 0
-    last_seq: int = 0
-    next_id: int = 1
-    torn_bytes: int = 0
-    torn_line: int | None = None
-    quarantined: list[int] = attrs.Factory(list)
-    bytes: int = 0
-
-
-Damage = Callable[[int, bytes, str], None]
-
-
-def replay(
-    path: str,
-    apply: Callable[[Record], None],
-    *,
-    recover: bool = False,
-    repair: bool = True,
-    on_damage: Damage | None = None,
-) -> ReplayReport:
-    """Feed every record of the journal at C{path} to C{apply}, in order.
-
-    A damaged last line (a write torn by a crash) is cut off the file (when
-    C{repair}). A damaged line before the end raises L{JournalCorrupt},
-    unless C{recover} (it is then copied to the quarantine file and skipped)
-    or C{on_damage} is given (it is told and the line skipped). C{apply} may
-    raise C{ValueError} (an impossible event): such a line is damaged too.
-    """
-    report = ReplayReport()
-    try:
-        journal = open(path, "rb")
-    except FileNotFoundError:
-        return report
-    good_end = position = 0
-    bad: list[tuple[int, bytes, str]] = []
-    with journal:
-        line_number = 0
-        for line in journal:
-            line_number += 1
-            # Counted, not tell()'d: tell() per line costs more than the sum.
-            position += len(line)
-            try:
-                if not line.endswith(b"\n"):
-                    raise CorruptLine("line is truncated")
-                record = decode(line[:-1])
-                apply(record)
-            except (CorruptLine, ValueError) as e:
-                bad.append((line_number, line, str(e)))
-                continue
-            if bad:
-                # A good line after a bad one: the bad one was not a torn tail.
-                number, _, why = bad[0]
-                if on_damage is not None:
-                    for damaged in bad:
-                        on_damage(*damaged)
-                elif recover:
-                    _quarantine(path, bad)
-                else:
-                    raise JournalCorrupt(path, number, why)
-                report.quarantined.extend(n for n, _, _ in bad)
-                bad = []
-            report.records += 1
-            report.last_seq = max(report.last_seq, record.seq)
-            if isinstance(record.item, Meta):
-                report.next_id = max(report.next_id, record.item.next_id)
-            good_end = position
-        total = position
-    if bad:
-        # Only damaged lines at the end: a torn final write. Cut it.
-        report.torn_bytes = total - good_end
-        report.torn_line = bad[0][0]
-        log.warn(
-            "journal {path}: cut {count} damaged byte(s) at its end "
-            "(line {line}: {why}; a write torn by a crash)",
-            path=path,
-            count=report.torn_bytes,
-            line=bad[0][0],
-            why=bad[0][2],
-        )
-        if repair:
-            with open(path, "r+b") as journal_file:
-                journal_file.truncate(good_end)
-                os.fsync(journal_file.fileno())
-    report.bytes = good_end
-    return report
-
-
-def _quarantine(journal_path: str, bad: list[tuple[int, bytes, str]]) -> None:
-    path = os.path.join(os.path.dirname(journal_path), QUARANTINE_NAME)
-    with open(path, "ab") as out:
-        for number, line, why in bad:
-            log.error(
-                "journal {path} line {number}: {why}; moved to {quarantine}",
-                path=journal_path,
-                number=number,
-                why=why,
-                quarantine=path,
-            )
-            out.write(line if line.endswith(b"\n") else line + b"\n")
-        out.flush()
-        os.fsync(out.fileno())
-
-
-class DataDirLocked(Exception):  # noqa: N818 (reads better at the raise site)
-    """Another cmdd process is using this data directory."""
-
-
-def lock_data_dir(data_dir: str) -> int:
-    """Take the data directory's exclusive lock; returns the fd that holds it.
-
-    Two daemons (or a daemon and an offline compaction) on one journal would
-    corrupt it; the lock makes the second one fail at once.
-    """
-    fd = os.open(os.path.join(data_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirLocked(
-            f"another cmdd process is using {data_dir} (it holds {data_dir}/lock)"
-        ) from None
-    return fd
-
-
-def snapshot_lines(
-    jobs: Iterable[Job], seq: int, at: float, next_id: int, extra: Iterable[Item] = ()
-) -> Iterable[bytes]:
-    """The lines of a compacted journal holding exactly C{jobs} (and the
-    sections' C{extra} records, such as the schedules)."""
-    yield encode(seq, Meta(at, next_id))
-    for job in jobs:
-        for event in job_events(job):
-            yield encode(seq, event)
-    for item in extra:
-        yield encode(seq, item)
-
-
-def _write_snapshot(path: str, lines: Iterable[bytes], ops: FileOps) -> tuple[str, int]:
-    """Write C{lines} to C{path}'s temporary file and fsync it.
-
-    On any failure, an interruption included, the temporary file is removed:
-    a compaction that did not finish leaves nothing behind.
-
-    @return: the temporary file's name and size.
-    """
-    temporary = path + COMPACT_SUFFIX
-    size = 0
-    fd = open_replacement(path, temporary, ops)
-    try:
-        try:
-            buffer: list[bytes] = []
-            buffered = 0
-            for line in lines:
-                buffer.append(line)
-                buffered += len(line)
-                if buffered >= 1 << 20:
-                    size += write_all(fd, b"".join(buffer), ops)
-                    buffer, buffered = [], 0
-            size += write_all(fd, b"".join(buffer), ops)
-            ops.fsync(fd)
-        finally:
-            ops.close(fd)
-    except BaseException:
-        remove_quietly(temporary, ops)
-        raise
-    return temporary, size
-
-
-def write_atomically(path: str, lines: Iterable[bytes], ops: FileOps = REAL_OPS) -> int:
-    """Replace C{path} with C{lines}: temp file, fsync, rename, fsync dir.
-
-    The new file keeps the old one's owner when root writes it (C{cmdd
-    journal compact} as root): see L{cmdd.files.open_replacement}. A failure
-    or an interruption (Ctrl-C) leaves the old file and no temporary one.
-
-    @return: the new file's size.
-    """
-    temporary, size = _write_snapshot(path, lines, ops)
-    try:
-        ops.replace(temporary, path)
-    except BaseException:
-        remove_quietly(temporary, ops)
-        raise
-    fsync_directory(os.path.dirname(path), ops)
-    return size
 
 
 @attrs.define
@@ -272,6 +69,19 @@ class _Compaction:
     next_id: int
     waiter: Deferred[int]
     extra: Sequence[Item] = ()
+    #: The old file's size once every record up to C{seq} was in it.
+    mark: int = 0
+
+
+@attrs.define
+class _Swap:
+    """Put a compacted file written aside in place (on the journal thread)."""
+
+    compaction: _Compaction
+    temporary: str
+    size: int
+    #: The old file's bytes up to here are already copied after C{size}.
+    copied: int
 
 
 class JournalWriter:
@@ -310,11 +120,16 @@ class JournalWriter:
         self._ops = ops
         self.seq = seq
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cmdd-journal")
+        # Compaction writes its new file on a thread of its own, for tens of
+        # seconds with a big history, while appends go on in the old file.
+        self._aside_pool = ThreadPool(minthreads=0, maxthreads=1, name="cmdd-compact")
+        #: The compaction whose new file is being written aside.
+        self._aside: _Compaction | None = None
         self._fd: int | None = None
         #: The file's size as the last successful write (and fsync) left it;
         #: owned by the thread while a task runs.
         self._good = 0
-        self._queue: collections.deque[_Append | _Compaction] = collections.deque()
+        self._queue: collections.deque[_Append | _Compaction | _Swap] = collections.deque()
         self._busy = False
         #: Open L{together} blocks: appends wait for the last one to end.
         self._held = 0
@@ -341,6 +156,7 @@ class JournalWriter:
             fsync_directory(os.path.dirname(self.path), self._ops)
         self.size = self._good = os.fstat(self._fd).st_size
         self._pool.start()
+        self._aside_pool.start()
 
     def append(self, item: Item) -> Deferred[None]:
         """Queue a record; the Deferred fires once it is durable."""
@@ -370,9 +186,12 @@ class JournalWriter:
         """Rewrite the journal as C{jobs} (a snapshot taken now), atomically.
 
         Every record appended before this call is written to the old file
-        first; every later one goes to the new file, so none is lost or
-        doubled. If one of the earlier records is refused, the compaction
-        is refused too (its snapshot holds that record).
+        first. The new file is then written aside while later appends go on
+        in the old one; the swap copies those (already durable) lines after
+        the snapshot and renames the new file in, so none is lost or
+        doubled, and appends wait only for that tail copy. If one of the
+        earlier records is refused, the compaction is refused too (its
+        snapshot holds that record).
         """
         if self.broken is not None or self._fd is None:
             return fail(JournalFailed(self.broken or "the journal is closed"))
@@ -390,15 +209,23 @@ class JournalWriter:
         if self._busy or self._held:
             return
         if not self._queue:
-            idle, self._idle_waiters = self._idle_waiters, []
-            for idle_waiter in idle:
-                idle_waiter.callback(None)
+            if self._aside is None:
+                idle, self._idle_waiters = self._idle_waiters, []
+                for idle_waiter in idle:
+                    idle_waiter.callback(None)
             return
-        self._busy = True
         head = self._queue[0]
         if isinstance(head, _Compaction):
+            if self._aside is not None:
+                return  # one at a time: this one, and what is behind it, waits
             self._queue.popleft()
-            self._run(self._compact_in_thread, head).addCallbacks(
+            self._start_aside(head)
+            self._kick()
+            return
+        self._busy = True
+        if isinstance(head, _Swap):
+            self._queue.popleft()
+            self._run(self._swap, head).addCallbacks(
                 self._compaction_done,
                 self._compaction_failed,
                 callbackArgs=(head,),
@@ -413,6 +240,19 @@ class JournalWriter:
         data = b"".join(entry.line for entry in batch)
         self._run(self._write_batch, data).addCallbacks(
             self._batch_done, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _start_aside(self, compaction: _Compaction) -> None:
+        # Not busy: the journal thread is idle, so _good is the reactor's to read.
+        compaction.mark = self._good
+        self._aside = compaction
+        deferToThreadPool(
+            self._reactor, self._aside_pool, self._write_aside, compaction
+        ).addCallbacks(
+            self._aside_written,
+            self._aside_failed,
+            callbackArgs=(compaction,),
+            errbackArgs=(compaction,),
         )
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -455,38 +295,85 @@ class JournalWriter:
                 "it refuses every record until cmdd restarts"
             )
 
-    def _compact_in_thread(self, compaction: _Compaction) -> int:
+    def _write_aside(self, compaction: _Compaction) -> tuple[str, int, int]:
+        """On the compaction thread: write the new file, then copy into it
+        the old file's lines appended meanwhile (durable, so immutable)."""
         try:
-            return self._compact(compaction)
-        except OSError as e:
-            raise JournalFailed(f"cannot compact the journal {self.path}: {e}") from e
-
-    def _compact(self, compaction: _Compaction) -> int:
-        assert self._fd is not None
-        temporary, size = _write_snapshot(
-            self.path,
-            snapshot_lines(
+            temporary, size = write_aside(
+                self.path,
                 compaction.jobs,
                 compaction.seq,
                 compaction.at,
                 compaction.next_id,
                 compaction.extra,
-            ),
-            self._ops,
-        )
-        # Open the new file before it replaces the old one: if that fails,
-        # appends simply go on in the old file. Swapped only after the rename.
+                self._ops,
+                pace=True,
+            )
+            try:
+                # _good only grows past bytes already fsync'd (a failed write
+                # cuts back to it, never below): reading it here is safe.
+                copied = compaction.mark
+                # Catch up until little is left for the swap, which appends
+                # wait for (appends go on meanwhile: a few rounds at most).
+                for _ in range(8):
+                    copied = self._copy_tail(temporary, copied, self._good)
+                    if self._good - copied < _SWAP_TAIL:
+                        break
+            except BaseException:
+                remove_quietly(temporary, self._ops)
+                raise
+        except OSError as e:
+            raise JournalFailed(f"cannot compact the journal {self.path}: {e}") from e
+        return temporary, size, copied
+
+    def _copy_tail(self, temporary: str, start: int, end: int, fd: int | None = None) -> int:
+        """Append the old file's bytes [start, end) to C{temporary}; returns C{end}."""
+        if end <= start:
+            return start
+        source = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        target = fd
         try:
-            new = self._ops.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        except BaseException:
-            remove_quietly(temporary, self._ops)
-            raise
+            if target is None:
+                target = self._ops.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            position = start
+            while position < end:
+                chunk = os.pread(source, min(end - position, 1 << 22), position)
+                if not chunk:
+                    raise OSError(f"the journal ends at {position}, before {end}")
+                write_all(target, chunk, self._ops)
+                position += len(chunk)
+        finally:
+            os.close(source)
+            if fd is None and target is not None:
+                self._ops.close(target)
+        return end
+
+    def _swap(self, swap: _Swap) -> int:
+        """On the journal thread (appends wait): copy the last of the tail,
+        fsync, rename the new file in and append to it from now on."""
+        assert self._fd is not None
         try:
-            self._ops.replace(temporary, self.path)
-        except BaseException:
-            self._ops.close(new)
-            remove_quietly(temporary, self._ops)
-            raise
+            # Open the new file before it replaces the old one: if anything
+            # fails before the rename, appends simply go on in the old file.
+            try:
+                new = self._ops.open(
+                    swap.temporary, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+            except BaseException:
+                remove_quietly(swap.temporary, self._ops)
+                raise
+            good = self._good
+            try:
+                self._copy_tail(swap.temporary, swap.copied, good, new)
+                self._ops.fsync(new)
+                self._ops.replace(swap.temporary, self.path)
+            except BaseException:
+                self._ops.close(new)
+                remove_quietly(swap.temporary, self._ops)
+                raise
+        except OSError as e:
+            raise JournalFailed(f"cannot compact the journal {self.path}: {e}") from e
+        size = swap.size + good - swap.compaction.mark
         old, self._fd, self._good = self._fd, new, size
         try:
             self._ops.close(old)
@@ -535,32 +422,61 @@ class JournalWriter:
             log.critical("{why}", why=self.broken)
         for entry in [*first, *behind]:
             self.refused += isinstance(entry, _Append)
-            entry.waiter.errback(failure)
+            if isinstance(entry, _Swap):
+                self._aside = None
+                self._discard(entry.temporary)
+                entry.compaction.waiter.errback(failure)
+            else:
+                entry.waiter.errback(failure)
         self._kick()
 
-    def _compaction_done(self, size: int, compaction: _Compaction) -> None:
+    def _aside_written(self, written: tuple[str, int, int], compaction: _Compaction) -> None:
+        temporary, size, copied = written
+        if self.broken is not None or self._fd is None:
+            self._aside = None
+            self._discard(temporary)
+            compaction.waiter.errback(JournalFailed(self.broken or "the journal is closed"))
+            self._kick()
+            return
+        # First in line: the appends queued now go to the old file first and
+        # are copied by the swap, or wait for it and go to the new one.
+        self._queue.appendleft(_Swap(compaction, temporary, size, copied))
+        self._kick()
+
+    def _aside_failed(self, failure: Failure, compaction: _Compaction) -> None:
+        # Nothing changed: the old file is the journal, appends went on in it.
+        self._aside = None
+        compaction.waiter.errback(failure)
+        self._kick()
+
+    def _discard(self, temporary: str) -> None:
+        deferToThreadPool(
+            self._reactor, self._aside_pool, remove_quietly, temporary, self._ops
+        ).addErrback(lambda _: None)
+
+    def _compaction_done(self, size: int, swap: _Swap) -> None:
         self._busy = False
+        self._aside = None
         self.size = size
-        compaction.waiter.callback(size)
+        swap.compaction.waiter.callback(size)
         self._kick()
 
-    def _compaction_failed(self, failure: Failure, compaction: _Compaction) -> None:
+    def _compaction_failed(self, failure: Failure, swap: _Swap) -> None:
         # A compaction that fails before its rename changes nothing: the
         # appends behind it go on in the old file. One that leaves the
         # journal broken refuses them.
+        self._busy = False
+        self._aside = None
+        swap.compaction.waiter.errback(failure)
         if self.broken is not None:
-            self._busy = False
-            compaction.waiter.errback(failure)
             self._refuse_all(failure, [])
             return
-        self._busy = False
-        compaction.waiter.errback(failure)
         self._kick()
 
     def when_idle(self) -> Deferred[None]:
         """Fires when everything appended so far is on disk (or refused)."""
         waiter: Deferred[None] = Deferred()
-        if not self._busy and not self._queue:
+        if not self._busy and not self._queue and self._aside is None:
             waiter.callback(None)
         else:
             self._idle_waiters.append(waiter)
@@ -572,4 +488,5 @@ class JournalWriter:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             self._pool.stop()
+            self._aside_pool.stop()
             self._ops.close(fd)

@@ -9,9 +9,12 @@ from functools import partial
 
 import attrs
 
+from cmdd.compaction import compact_atomically
 from cmdd.history import load_record
-from cmdd.journal import JOURNAL_NAME, lock_data_dir, replay, snapshot_lines, write_atomically
+from cmdd.journal import JOURNAL_NAME, lock_data_dir, replay
+from cmdd.restore import restore
 from cmdd.schedule import ScheduleBook
+from cmdd.snapshot import SnapshotUnusable, read_snapshot, snapshot_path
 from cmdd.store import JobStore
 
 
@@ -35,6 +38,8 @@ class Verification:
     by_state: dict[str, int] = attrs.Factory(dict)
     problems: list[Problem] = attrs.Factory(list)
     torn_tail_line: int | None = None
+    #: What became of the snapshot (see L{cmdd.snapshot}): a start-up shortcut.
+    snapshot: str = "none"
 
     @property
     def ok(self) -> bool:
@@ -62,7 +67,29 @@ def verify(data_dir: str) -> Verification:
     result.next_id = store.peek_next_id()
     result.by_state = dict(Counter(job.state.value for job in store.oldest_first()))
     result.torn_tail_line = report.torn_line
+    if not result.problems and report.torn_line is None:
+        result.snapshot = _check_snapshot(path, store)
+        if result.snapshot.startswith("DIFFERS"):
+            result.problems.append(Problem(0, f"snapshot {result.snapshot}"))
     return result
+
+
+def _check_snapshot(path: str, replayed: JobStore) -> str:
+    """Whether a start-up from the snapshot rebuilds exactly the jobs the
+    whole journal does (C{replayed})."""
+    if not os.path.exists(snapshot_path(path)):
+        return "none"
+    try:
+        read_snapshot(path)
+    except SnapshotUnusable as e:
+        return f"not used at start-up ({e}); the next compaction replaces it"
+    store = JobStore()
+    restore(path, store, partial(load_record, store, sections=[ScheduleBook()]))
+    if list(store.oldest_first()) != list(replayed.oldest_first()):
+        return "DIFFERS from the journal: it would start with other jobs"
+    if store.peek_next_id() != replayed.peek_next_id():
+        return "DIFFERS from the journal: another next id"
+    return f"matches the journal ({len(store)} jobs)"
 
 
 def compact(data_dir: str) -> tuple[int, int, int]:
@@ -79,15 +106,13 @@ def compact(data_dir: str) -> tuple[int, int, int]:
         before = os.path.getsize(path) if os.path.exists(path) else 0
         report = replay(path, partial(load_record, store, sections=[book]))
         now = time.time()
-        after = write_atomically(
+        after = compact_atomically(
             path,
-            snapshot_lines(
-                store.oldest_first(),
-                report.last_seq,
-                now,
-                store.peek_next_id(),
-                book.snapshot(now),
-            ),
+            list(store.oldest_first()),
+            report.last_seq,
+            now,
+            store.peek_next_id(),
+            book.snapshot(now),
         )
         return len(store), before, after
     finally:

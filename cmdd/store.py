@@ -8,9 +8,10 @@ reactor.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from cmdd.jobs import Created, Event, Job, State, apply_event
+from cmdd.jobs import Created, Event, Job, State, apply_event, job_events
 
 Listener = Callable[[Event, Job | None], None]
 
@@ -91,6 +92,44 @@ class JobStore:
             listener(event, after)
         return after
 
+    def load(self, jobs: Sequence[Job]) -> None:
+        """Fill an empty store with C{jobs} (a snapshot, in id order) at once.
+
+        The indexes are built in one pass each, with no per-event work.
+        Listeners are told of the jobs they could care about (not finished,
+        or with webhooks, an idempotency key or a schedule) as the events
+        that rebuild them; a plain finished job means nothing to any of them.
+        """
+        if self._jobs:
+            raise ValueError("load needs an empty store")
+        if any(a.id >= b.id for a, b in itertools.pairwise(jobs)):
+            raise ValueError("jobs are not in increasing id order")
+        self._jobs = {job.id: job for job in jobs}
+        self._ids = list(self._jobs)
+        # A pass per state and per owner compares by identity: hashing an
+        # enum member runs Python code, a million times here.
+        for state in State:
+            self._by_state[state] = [job.id for job in jobs if job.state is state]
+            self.counts[state] = len(self._by_state[state])
+        owners = {job.owner for job in jobs}
+        if len(owners) <= 16:
+            for owner in owners:
+                self._by_owner[owner] = [job.id for job in jobs if job.owner == owner]
+        else:
+            for job in jobs:
+                self._by_owner.setdefault(job.owner, []).append(job.id)
+        for job in jobs:
+            if job.spec.labels:
+                for label in job.spec.labels.items():
+                    self._by_label.setdefault(label, []).append(job.id)
+        if jobs:
+            self._next_id = max(self._next_id, jobs[-1].id + 1)
+        for job in jobs:
+            if not _plain(job):
+                for event in job_events(job):
+                    for listener in self._listeners:
+                        listener(event, job)
+
     def forget(self, job_ids: Iterable[int]) -> None:
         """Remove finished jobs in bulk (retention): like a Deleted event for
         each, but one pass over every index instead of one shift per job.
@@ -126,6 +165,10 @@ class JobStore:
         for index in range(end - 1, -1, -1):
             yield self._jobs[ids[index]]
 
+    def id_list(self, ids: Sequence[int] | None = None) -> list[int]:
+        """A copy of the sorted id index C{ids} (all ids when C{None})."""
+        return list(self._ids if ids is None else ids)
+
     def narrowest_index(
         self,
         states: Iterable[State] = (),
@@ -144,6 +187,15 @@ class JobStore:
             candidates.append(self._by_owner.get(owner, []))
         candidates += [self._by_label.get(label, []) for label in labels]
         return min(candidates, key=len) if candidates else None
+
+
+def _plain(job: Job) -> bool:
+    return (
+        job.state.final
+        and not job.spec.webhooks
+        and job.idempotency is None
+        and job.schedule_id is None
+    )
 
 
 def _insert(ids: list[int], job_id: int) -> None:

@@ -45,13 +45,14 @@ from cmdd.history import History, Retention
 from cmdd.jobhost import StartupError, make_executor
 from cmdd.joblog import log_transition
 from cmdd.jobs import State
-from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir, replay
+from cmdd.journal import DataDirLocked, JournalCorrupt, JournalWriter, lock_data_dir
 from cmdd.leftovers import end_leftovers, instance_of
 from cmdd.lifecycle import JournalCheck, Readiness, fail_start, install_stop_signals
 from cmdd.listening import ListeningFile, RecordingEndpoint, hold_accepting
 from cmdd.manager import JobManager
 from cmdd.metrics import DaemonMetrics
 from cmdd.reloading import apply_site_limits, limits_of, reload_settings
+from cmdd.restore import restore
 from cmdd.runat import RunAtService
 from cmdd.scheduleroutes import schedule_refusal
 from cmdd.schedules import ScheduleService
@@ -483,9 +484,16 @@ class CmddService(MultiService):
         # request may be served before every job is back (nor before the
         # jobs that were running are recorded lost: the returned Deferred).
         settings = self.settings
-        report = replay(settings.journal_path, self.history.load, recover=settings.journal_recover)
+        report = restore(
+            settings.journal_path,
+            self.store,
+            self.history.load,
+            recover=settings.journal_recover,
+        )
         self.journal.seq = report.last_seq
         self.journal.open()
+        # Without a snapshot, a big journal compacts (and gets one) soon.
+        self.history.note_compacted(report.snapshot_bytes)
         self._end_leftovers()
         adopted = self.manager.adopt_history()
         log.info(

@@ -515,3 +515,32 @@ def test_output_that_cmdd_did_not_write_is_not_served(client: Client, tmp_path: 
     assert result["stdout_bytes"] == 5, "the counts are the job's, from the journal"
     warned = {e["path"] for e in events if e["log_level"] == LogLevel.warn}
     assert warned == {str(stdout), str(stderr)}
+
+
+def test_a_scanning_list_is_answered_from_a_thread(tmp_path: Path) -> None:
+    """A list that may walk the whole history (q=, sort=duration, a time
+    filter) runs on a worker thread, so the reactor serves other requests
+    meanwhile; a newest-first page needs none and is answered at once."""
+    from fakes import ManualThreads
+
+    client = Client(tmp_path, max_running=0, max_queued=10)
+    for text in ("alpha", "beta", "alphabet"):
+        assert client.json("POST", "/api/jobs", {"command": f"echo {text}"})[0] == 202
+    threads = ManualThreads()
+    client.api._run_blocking = threads.run  # type: ignore[assignment]
+    code, page, _ = client.json("GET", "/api/jobs?limit=1")
+    assert code == 200 and [job["id"] for job in page["jobs"]] == [3]
+    assert not threads.pending
+    for path in ("/api/jobs?q=alpha", "/api/jobs?sort=created",
+                 "/api/jobs?created_before=2000-01-01T00:00:00Z"):  # fmt: skip
+        answers: list[Any] = []
+        d = client.treq.get("http://cmdd.test" + path,
+                            headers={"Authorization": f"Bearer {client.token}"})  # fmt: skip
+        d.addCallback(client.treq.json_content).addCallback(answers.append)
+        client.treq.flush()
+        assert not answers and len(threads.pending) == 1, path
+        threads.run_all()
+        client.treq.flush()
+        assert answers, path
+        ids = [job["id"] for job in answers[0]["jobs"]]
+        assert ids == ([3, 1] if "q=" in path else [1, 2, 3] if "sort" in path else [3, 2, 1])

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from cmdd.codec import CorruptLine, Meta, Record, decode, encode, job_events
@@ -50,6 +51,13 @@ def test_every_event_type_round_trips() -> None:
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         assert "привет".encode() in line or not isinstance(item, Created)
         assert decode(line[:-1]) == Record(seq, item)
+
+
+def test_lines_the_fast_decoder_refuses_still_replay() -> None:
+    """A line Python wrote that orjson cannot parse (an exit code beyond 64
+    bits) decodes exactly as before, through the stdlib."""
+    ended = Ended(1, 12.0, Outcome(State.FAILED, exit_code=2**70))
+    assert decode(encode(3, ended)[:-1]) == Record(3, ended)
 
 
 def test_corruption_is_detected() -> None:
@@ -276,22 +284,34 @@ async def test_appends_made_together_share_one_write(tmp_path: Path) -> None:
     assert [job.state for job in replayed.oldest_first()] == [State.FAILED]
 
 
-def test_no_compaction_when_nothing_can_be_dropped() -> None:
-    """With keep-everything retention and no deletions, a big log is left alone
-    (a compaction would hold up appends for nothing); one deletion enables it."""
+def test_compaction_follows_growth_since_the_last_one() -> None:
+    """Compaction runs once the journal grew by compact_bytes (or an eighth
+    of its compacted size) since the last one, even with nothing to drop:
+    appends no longer wait for it, and its snapshot keeps restarts quick."""
 
-    class GrowingLog(MemoryLog):
+    class SizedLog(MemoryLog):
         def append(self, item: Event | Meta):  # type: ignore[no-untyped-def]
             self.size += 100
             return super().append(item)
 
-    history = History(JobStore(), GrowingLog(), Clock(), compact_bytes=250)
-    for event in [*life(1), *life(2)]:
+        def compact(self, jobs, at, next_id, extra=()):  # type: ignore[no-untyped-def]
+            self.size = 1000 * len(jobs)
+            return succeed(self.size)
+
+    log = SizedLog()
+    history = History(JobStore(), log, Clock(), compact_bytes=250)
+    for event in life(1):
         history.record(event)
-    assert history.compactions == 0
-    history.record(Deleted(1, 50.0))
-    assert history.compactions == 1
-    assert [job.id for job in history.store.oldest_first()] == [2]
+    assert history.compactions == 1 and history.compact_bytes == 1250
+    for event in life(2):
+        history.record(event)
+    assert history.compactions == 2 and history.compact_bytes == 2250
+    # A big journal: an eighth of it, not compact_bytes, since the snapshot.
+    log.size = 8000
+    history.note_compacted(8000)
+    for job_id in range(3, 13):
+        history.record(Created(job_id, 1.0, SPEC))
+        assert history.compactions == (2 if job_id < 12 else 3), job_id
 
 
 def test_bulk_forget_keeps_indexes_exact() -> None:

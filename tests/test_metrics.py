@@ -104,7 +104,7 @@ def test_a_real_daemon_counts_fsyncs_and_auth_failures(tmp_path: Path) -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         got = samples(scrape.stdout)
-        assert got[("cmdd_journal_fsync_seconds_count", ())] >= 2  # created+started share one, ended
+        assert got[("cmdd_journal_fsync_seconds_count", ())] >= 2  # created+started, ended
         assert got[("cmdd_auth_failures_total", ())] >= 1
         assert got[("cmdd_jobs_finished_total", (("state", "succeeded"),))] == 1
         assert got[("cmdd_job_duration_seconds_count", ())] == 1

@@ -170,3 +170,24 @@ def test_json_numbers_in_a_query_are_read() -> None:
     from cmdd.query import parse_number
 
     assert [parse_number(t) for t in ("0", "2.5", "1e-3", "2E1", "-1")] == [0, 2.5, 0.001, 20, -1]
+
+
+def test_a_point_in_time_view_survives_changes_while_it_is_scanned() -> None:
+    """A scan on a thread reads the ids as they were when the request came;
+    a job deleted since is skipped, one created since is not seen."""
+    from cmdd.jobs import Deleted
+    from cmdd.query import PointInTime, scans
+
+    store = JobStore()
+    spec = parse_spec({"command": "true"})
+    for job_id in (1, 2, 3):
+        store.record(Created(job_id, float(job_id), spec))
+        store.record(Started(job_id, float(job_id)))
+        store.record(Ended(job_id, float(job_id) + 1, Outcome(State.SUCCEEDED, exit_code=0)))
+    query = parse_query({"sort": ["duration"]}, frozenset())
+    assert scans(query) and not scans(parse_query({}, frozenset()))
+    view = PointInTime(store, query)
+    store.record(Deleted(2, 9.0))
+    store.record(Created(4, 9.0, spec))
+    jobs, _ = run_query(query, view)
+    assert sorted(job.id for job in jobs) == [1, 3]
